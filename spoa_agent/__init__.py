@@ -1,0 +1,1 @@
+"""spoa-agent: authentication and policy for HAProxy, over SPOE."""

@@ -1,0 +1,3 @@
+from spoa_agent.cli.main import main
+
+main()

@@ -1,0 +1,149 @@
+"""The `spoa-agent` command: serve, check, config."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from typing import Any
+
+import click
+
+from spoa_agent import logging as agent_logging
+from spoa_agent.config import ENV_CONFIG, Config, ConfigError, Listen, load_config, parse_listen
+from spoa_agent.policy import RouteTable
+
+# Exit codes scripts rely on (`check`): 0 allowed, 1 denied, 2 usage/config error.
+EXIT_DENIED = 1
+EXIT_USAGE = 2
+
+
+class ListenType(click.ParamType[Listen]):
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Listen:
+        if isinstance(value, Listen):
+            return value
+        try:
+            return parse_listen(str(value))
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+def _load(ctx: click.Context) -> Config:
+    try:
+        return load_config(ctx.obj["config_path"])
+    except ConfigError as err:
+        click.echo(f"spoa-agent: configuration error:\n{err}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar=ENV_CONFIG, type=click.Path(dir_okay=False),
+              help=f"Agent configuration (TOML). Env: {ENV_CONFIG}.")
+@click.option("--redis-url", envvar="SPOA_AGENT_REDIS_URL", default="redis://127.0.0.1:6379/0",
+              show_default=True, help="Redis for tokens and rate limits. Env: SPOA_AGENT_REDIS_URL.")
+@click.version_option(package_name="spoa-agent")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, redis_url: str) -> None:
+    """Authentication and policy agent for HAProxy (SPOE)."""
+    ctx.obj = {"config_path": config_path, "redis_url": redis_url}
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Same as the global --config.")
+@click.option("--listen", type=ListenType(), default=None,
+              help="Address to listen on (env SPOA_AGENT_LISTEN; default 127.0.0.1:12345).")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Processes serving the port (SO_REUSEPORT); default: config or 1.")
+@click.pass_context
+def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
+          workers: int | None) -> None:
+    """Serve SPOP to HAProxy until SIGTERM or SIGINT."""
+    from spoa_agent.app import build_agent
+    from spoa_agent.server import run
+    from spoa_agent.server.workers import supervise
+
+    if config_path is not None:
+        ctx.obj["config_path"] = config_path
+    config = _load(ctx)
+    server = config.server
+    if listen is not None:
+        server = replace(server, listen=listen)
+    if workers is not None:
+        server = replace(server, workers=workers)
+
+    log_stream = agent_logging.open_log_file(config.log.file)
+    agent_logging.configure(config.log.level, log_stream)
+    log = agent_logging.get_logger()
+    if not config.routes:
+        log.warning("no_routes", error="no [[routes]] configured: every request is denied")
+    agent = build_agent(config, log)
+
+    def serve_one() -> None:
+        try:
+            run(agent, server, log, reuse_port=server.workers > 1)
+        except OSError as err:
+            log.error("agent_listen_failed", listen=str(server.listen), error=err.strerror)
+            sys.exit(1)
+
+    if server.workers == 1:
+        serve_one()
+    else:
+        sys.exit(supervise(server.workers, serve_one, log, grace=server.drain_timeout + 2))
+
+
+@cli.command()
+@click.option("--method", required=True, help="HTTP method, e.g. POST.")
+@click.option("--path", required=True, help="Request path, e.g. /api/chat.")
+@click.option("--host", default="", help="Host header.")
+@click.option("--token", default=None, help="Bearer token (checked once tokens exist).")
+@click.option("--ip", default="127.0.0.1", show_default=True, help="Client address.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.pass_context
+def check(ctx: click.Context, method: str, path: str, host: str, token: str | None, ip: str,
+          fmt: str) -> None:
+    """Say whether a request would be allowed, and which rule decided.
+
+    Exits 0 when allowed, 1 when denied, 2 on a usage or configuration error.
+    """
+    config = _load(ctx)
+    decision = RouteTable(config.routes).decide(method.upper(), path)
+    if fmt == "json":
+        click.echo(json.dumps({
+            "allowed": decision.allowed, "status": decision.status,
+            "reason": decision.reason, "rule": decision.rule,
+        }))
+    else:
+        verdict = "ALLOW" if decision.allowed else f"DENY {decision.status}"
+        rule = f" (rule: {decision.rule})" if decision.rule else ""
+        click.echo(f"{verdict} {method.upper()} {path}: {decision.reason}{rule}")
+    sys.exit(0 if decision.allowed else EXIT_DENIED)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Check configuration files."""
+
+
+@config_group.command("validate")
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.pass_context
+def config_validate(ctx: click.Context, path: str | None) -> None:
+    """Report every problem in a config file; exit 2 if there is one."""
+    path = path or ctx.obj["config_path"]
+    if path is None:
+        raise click.UsageError("give a PATH or --config")
+    try:
+        config = load_config(path, env={})
+    except ConfigError as err:
+        for problem in err.problems:
+            click.echo(problem, err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(f"{path}: OK ({len(config.routes)} routes)")
+
+
+def main() -> None:
+    cli(prog_name="spoa-agent")

@@ -1,0 +1,238 @@
+"""Agent configuration: TOML file, then environment, then command line.
+
+Config objects only store values; `load_config` validates and raises
+ConfigError listing every problem, each naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from spoa_agent.logging import LEVELS
+from spoa_agent.policy import Route, RouteError
+from spoa_agent.spop import DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE
+
+ENV_CONFIG = "SPOA_AGENT_CONFIG"
+ENV_LISTEN = "SPOA_AGENT_LISTEN"
+ENV_LOG_FILE = "SPOA_AGENT_LOG_FILE"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: Listen = Listen("127.0.0.1", 12345)
+    workers: int = 1
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    # NOTIFYs being handled at once per connection before we stop reading it;
+    # HAProxy 3.1+ sends up to 20 per connection, older ones more when pipelining.
+    max_in_flight: int = 256
+    # A connection that sends no HELLO in this time is closed (half-open peers).
+    hello_timeout: float = 5.0
+    # An async handler slower than this is answered with an empty ACK, which
+    # haproxy.cfg turns into 503; keep it under SPOE's `timeout processing`.
+    handler_timeout: float = 0.9
+    # On SIGTERM, how long in-flight work may take before it is cancelled.
+    drain_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    routes: tuple[Route, ...] = ()
+    source: str = "<defaults>"
+
+
+def parse_listen(text: str) -> Listen:
+    """HOST:PORT, [IPv6]:PORT or :PORT (all addresses)."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text.strip())
+    if match is None:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    host = match.group(1) or match.group(3) or "0.0.0.0"
+    port = int(match.group(2) or match.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1-65535")
+    return Listen(host, port)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_seconds(value: object) -> float:
+    """A duration: a number of seconds or a string like "250ms", "5s", "2m"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 5s or 250ms, got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+class _Reader:
+    """Takes typed fields out of one TOML table, collecting problems."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {where}: {message}")
+
+    def table(self, data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(where, "must be a table")
+            return {}
+        return value
+
+    def unknown(self, data: Mapping[str, Any], known: set[str], where: str) -> None:
+        for key in sorted(set(data) - known):
+            self.problem(f"{where}.{key}" if where else key, "unknown setting")
+
+    def integer(self, data: Mapping[str, Any], key: str, where: str, default: int,
+                low: int, high: int) -> int:
+        value = data.get(key, default)
+        if type(value) is not int or not low <= value <= high:
+            self.problem(f"{where}.{key}", f"must be an integer from {low} to {high}, got {value!r}")
+            return default
+        return value
+
+    def seconds(self, data: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        if key not in data:
+            return default
+        try:
+            return parse_seconds(data[key])
+        except ValueError as err:
+            self.problem(f"{where}.{key}", str(err))
+            return default
+
+
+def _server(reader: _Reader, data: Mapping[str, Any]) -> ServerConfig:
+    d = ServerConfig()
+    reader.unknown(data, {f for f in ServerConfig.__dataclass_fields__}, "server")
+    listen = d.listen
+    if "listen" in data:
+        try:
+            listen = parse_listen(str(data["listen"]))
+        except ValueError as err:
+            reader.problem("server.listen", str(err))
+    return ServerConfig(
+        listen=listen,
+        workers=reader.integer(data, "workers", "server", d.workers, 1, 256),
+        max_frame_size=reader.integer(
+            data, "max_frame_size", "server", d.max_frame_size, MIN_FRAME_SIZE, 16 * 1024 * 1024
+        ),
+        max_in_flight=reader.integer(data, "max_in_flight", "server", d.max_in_flight, 1, 65536),
+        hello_timeout=reader.seconds(data, "hello_timeout", "server", d.hello_timeout),
+        handler_timeout=reader.seconds(data, "handler_timeout", "server", d.handler_timeout),
+        drain_timeout=reader.seconds(data, "drain_timeout", "server", d.drain_timeout),
+    )
+
+
+def _log(reader: _Reader, data: Mapping[str, Any]) -> LogConfig:
+    reader.unknown(data, {"level", "file"}, "log")
+    level = data.get("level", "info")
+    if level not in LEVELS:
+        reader.problem("log.level", f"must be one of {', '.join(LEVELS)}, got {level!r}")
+        level = "info"
+    file = data.get("file")
+    if file is not None and not isinstance(file, str):
+        reader.problem("log.file", "must be a path")
+        file = None
+    return LogConfig(level=level, file=file)
+
+
+def _routes(reader: _Reader, data: Any) -> tuple[Route, ...]:
+    if not isinstance(data, list):
+        reader.problem("routes", "must be an array of tables ([[routes]])")
+        return ()
+    routes = []
+    for index, item in enumerate(data):
+        where = f"routes[{index}]"
+        if not isinstance(item, dict):
+            reader.problem(where, "must be a table")
+            continue
+        reader.unknown(item, {"path", "methods", "name"}, where)
+        path, methods, name = item.get("path"), item.get("methods"), item.get("name", "")
+        if not isinstance(path, str):
+            reader.problem(f"{where}.path", "is required and must be a string")
+            continue
+        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+            reader.problem(f"{where}.methods", "is required: a list like [\"GET\", \"POST\"]")
+            continue
+        try:
+            routes.append(Route(path, frozenset(m.upper() for m in methods), str(name)))
+        except RouteError as err:
+            reader.problem(where, str(err))
+    return tuple(routes)
+
+
+def parse_config(data: Mapping[str, Any], source: str) -> Config:
+    problems: list[str] = []
+    reader = _Reader(source, problems)
+    reader.unknown(data, {"server", "log", "routes"}, "")
+    config = Config(
+        server=_server(reader, reader.table(data, "server", "server")),
+        log=_log(reader, reader.table(data, "log", "log")),
+        routes=_routes(reader, data.get("routes", [])),
+        source=source,
+    )
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the file (if any), then apply SPOA_AGENT_LISTEN and SPOA_AGENT_LOG_FILE."""
+    env = os.environ if env is None else env
+    if path is None:
+        config = Config()
+    else:
+        source = str(path)
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as err:
+            raise ConfigError([f"{source}: cannot read: {err.strerror}"]) from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError([f"{source}: not valid TOML: {err}"]) from None
+        config = parse_config(data, source)
+    if env.get(ENV_LISTEN):
+        try:
+            listen = parse_listen(env[ENV_LISTEN])
+        except ValueError as err:
+            raise ConfigError([f"{ENV_LISTEN}: {err}"]) from None
+        config = replace(config, server=replace(config.server, listen=listen))
+    if env.get(ENV_LOG_FILE):
+        config = replace(config, log=replace(config.log, file=env[ENV_LOG_FILE]))
+    return config

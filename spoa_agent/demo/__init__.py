@@ -1,0 +1,1 @@
+"""Run the whole gateway locally (make demo) and the pieces tests and benchmarks share."""

@@ -1,0 +1,81 @@
+"""Serve one process: startup -> main loop -> shutdown.
+
+Signal handlers only set a flag. Shutdown stops accepting, lets every
+connection finish its in-flight work (bounded by drain_timeout), says
+AGENT-DISCONNECT, then cancels whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from spoa_agent.config import ServerConfig
+from spoa_agent.server.agent import Agent
+from spoa_agent.server.protocol import SpopProtocol
+
+
+async def serve(
+    agent: Agent,
+    settings: ServerConfig,
+    log: Any,
+    reuse_port: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    connections: set[SpopProtocol] = set()
+
+    def make_protocol() -> SpopProtocol:
+        protocol = SpopProtocol(agent, settings, log, connections.discard)
+        connections.add(protocol)
+        return protocol
+
+    server = await loop.create_server(
+        make_protocol,
+        settings.listen.host,
+        settings.listen.port,
+        reuse_port=reuse_port,
+        backlog=4096,
+    )
+    log.info("agent_listening", listen=str(settings.listen))
+    if on_ready is not None:
+        on_ready()
+    try:
+        await stop.wait()
+    finally:
+        log.info("agent_stopping", connections=len(connections))
+        server.close()
+        await _drain(connections, settings.drain_timeout)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("agent_stopped")
+
+
+async def _drain(connections: set[SpopProtocol], timeout: float) -> None:
+    live = list(connections)
+    for protocol in live:
+        protocol.drain()
+    waiting = [protocol.drained for protocol in live]
+    if waiting:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*waiting)
+    for protocol in list(connections):
+        protocol._close()  # past the deadline: cancel in-flight work
+
+
+def run(agent: Agent, settings: ServerConfig, log: Any, reuse_port: bool = False) -> None:
+    """Run serve() on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(agent, settings, log, reuse_port))
+    else:
+        uvloop.run(serve(agent, settings, log, reuse_port))

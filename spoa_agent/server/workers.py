@@ -1,0 +1,64 @@
+"""`--workers N`: N processes serving one port through SO_REUSEPORT.
+
+The supervisor only starts, watches and stops workers: SIGTERM/SIGINT are
+passed on (each worker drains), a worker that dies is started again, and a
+worker that dies at once (port taken, bad config) stops the whole group.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+# A worker that lives less than this died of its start-up, not of load.
+_EARLY_DEATH = 2.0
+
+
+def supervise(count: int, target: Callable[[], None], log: Any, grace: float) -> int:
+    context = multiprocessing.get_context("fork")
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    def start() -> tuple[BaseProcess, float]:
+        process = context.Process(target=target, daemon=False)
+        process.start()
+        return process, time.monotonic()
+
+    workers = [start() for _ in range(count)]
+    log.info("workers_started", workers=count, pids=[p.pid for p, _ in workers])
+    exit_code = 0
+    while not stopping:
+        wait([process.sentinel for process, _ in workers], timeout=0.5)
+        for index, (process, started) in enumerate(workers):
+            if process.exitcode is None:
+                continue
+            if time.monotonic() - started < _EARLY_DEATH:
+                log.error("worker_failed_at_start", pid=process.pid, code=process.exitcode)
+                stopping, exit_code = True, 1
+                break
+            log.error("worker_died", pid=process.pid, code=process.exitcode)
+            workers[index] = start()
+
+    for process, _ in workers:
+        if process.exitcode is None:
+            process.terminate()  # SIGTERM: the worker drains
+    deadline = time.monotonic() + grace
+    for process, _ in workers:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+    log.info("workers_stopped")
+    return exit_code
+

@@ -1,0 +1,187 @@
+"""The agent's side of one SPOP connection, sans-IO.
+
+`receive_data(bytes)` then `next_event()` until NEED_DATA; `send(event)` gives
+the bytes to write. The connection checks the frame size before buffering a
+frame, negotiates HELLO, and raises SpopError with the status the server must
+send in AGENT-DISCONNECT. No sockets, clocks or logging here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+
+from spoa_agent.spop.constants import (
+    DEFAULT_MAX_FRAME_SIZE,
+    MIN_FRAME_SIZE,
+    SPOP_VERSION,
+    FrameFlags,
+    FrameType,
+    Status,
+)
+from spoa_agent.spop.data import LENGTH
+from spoa_agent.spop.errors import SpopError
+from spoa_agent.spop.frames import (
+    DECODERS,
+    Ack,
+    AgentDisconnect,
+    AgentHello,
+    Frame,
+    HaproxyHello,
+    decode_header,
+    encode_frame,
+)
+
+
+class NeedData:
+    """Marker: the buffer holds no whole frame yet."""
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+class Closed:
+    """Marker: the peer closed its side (FIN or RST); nothing more will come."""
+
+    def __repr__(self) -> str:
+        return "CLOSED"
+
+
+NEED_DATA = NeedData()
+CLOSED = Closed()
+
+
+class State(Enum):
+    AWAIT_HELLO = auto()
+    READY = auto()
+    CLOSED = auto()
+
+
+# Frames HAProxy may send once HELLO is done; the rest are the agent's own.
+_FROM_HAPROXY = {FrameType.NOTIFY, FrameType.HAPROXY_DISCONNECT}
+_FROM_AGENT = {FrameType.AGENT_HELLO, FrameType.AGENT_DISCONNECT, FrameType.ACK}
+# Compact the receive buffer once this much of it has been consumed.
+_COMPACT_AT = 64 * 1024
+
+
+def _speaks_v2(versions: tuple[str, ...]) -> bool:
+    # "When a major version is announced by HAProxy, it means it also support
+    # all previous minor versions": any 2.x lets us answer 2.0.
+    for version in versions:
+        major, _, minor = version.partition(".")
+        if major == "2" and minor.isdigit():
+            return True
+    return False
+
+
+class AgentConnection:
+    def __init__(
+        self,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        capabilities: frozenset[str] = frozenset({"pipelining"}),
+    ) -> None:
+        if max_frame_size < MIN_FRAME_SIZE:
+            raise ValueError(f"max_frame_size must be at least {MIN_FRAME_SIZE}")
+        self.state = State.AWAIT_HELLO
+        # Ours until HELLO, then min(ours, HAProxy's).
+        self.max_frame_size = max_frame_size
+        self.capabilities = capabilities
+        self.healthcheck = False
+        self._buffer = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the socket; b"" means the peer closed."""
+        if not data:
+            self._eof = True
+        elif self.state is not State.CLOSED:
+            self._buffer += data
+
+    def next_event(self) -> Frame | NeedData | Closed:
+        while True:
+            if self.state is State.CLOSED:
+                return CLOSED
+            frame = self._next_frame()
+            if frame is None:
+                return CLOSED if self._eof else NEED_DATA
+            event = self._on_frame(frame)
+            if event is not None:
+                return event
+
+    def _next_frame(self) -> bytes | None:
+        avail = len(self._buffer) - self._pos
+        if avail < LENGTH.size:
+            return None
+        (length,) = LENGTH.unpack_from(self._buffer, self._pos)
+        # Checked on the length alone, before the frame is buffered.
+        if length > self.max_frame_size:
+            raise SpopError(
+                Status.FRAME_TOO_BIG,
+                f"frame of {length} bytes over max-frame-size {self.max_frame_size}",
+            )
+        if avail < LENGTH.size + length:
+            return None
+        start = self._pos + LENGTH.size
+        frame = bytes(self._buffer[start : start + length])
+        self._pos = start + length
+        if self._pos == len(self._buffer):
+            self._buffer.clear()
+            self._pos = 0
+        elif self._pos > _COMPACT_AT:
+            del self._buffer[: self._pos]
+            self._pos = 0
+        return frame
+
+    def _on_frame(self, frame: bytes) -> Frame | None:
+        head = decode_header(frame)
+        kind = head.kind
+        if kind == FrameType.UNSET or not head.flags & FrameFlags.FIN:
+            raise SpopError(
+                Status.FRAGMENTATION_NOT_SUPPORTED, "fragmented frames are not supported"
+            )
+        if self.state is State.AWAIT_HELLO:
+            if kind != FrameType.HAPROXY_HELLO:
+                raise SpopError(Status.INVALID_FRAME, "expected HAPROXY-HELLO first")
+            hello = DECODERS[kind](head, frame)
+            assert type(hello) is HaproxyHello
+            self._negotiate(hello)
+            return hello
+        if kind in _FROM_HAPROXY:
+            return DECODERS[kind](head, frame)
+        if kind == FrameType.HAPROXY_HELLO or kind in _FROM_AGENT:
+            raise SpopError(Status.INVALID_FRAME, f"unexpected frame type {kind}")
+        return None  # "Unknown frames may be silently skipped."
+
+    def _negotiate(self, hello: HaproxyHello) -> None:
+        if not _speaks_v2(hello.supported_versions):
+            raise SpopError(
+                Status.BAD_VERSION,
+                f"unsupported versions {','.join(hello.supported_versions)}; agent speaks 2.0",
+            )
+        if hello.max_frame_size < MIN_FRAME_SIZE:
+            raise SpopError(
+                Status.BAD_FRAME_SIZE,
+                f"max-frame-size {hello.max_frame_size} under {MIN_FRAME_SIZE}",
+            )
+        self.max_frame_size = min(self.max_frame_size, hello.max_frame_size)
+        self.capabilities = self.capabilities & hello.capabilities
+        self.healthcheck = hello.healthcheck
+        self.state = State.READY
+
+    def hello_reply(self) -> AgentHello:
+        """The AGENT-HELLO answering the HELLO that next_event returned."""
+        return AgentHello(SPOP_VERSION, self.max_frame_size, self.capabilities)
+
+    def send(self, event: AgentHello | AgentDisconnect | Ack) -> bytes:
+        data = encode_frame(event)
+        if type(event) is AgentDisconnect:
+            self.state = State.CLOSED
+        elif len(data) - LENGTH.size > self.max_frame_size:
+            # Only our own handlers can cause this; the server answers an
+            # empty ACK instead so HAProxy still gets its reply at once.
+            raise ValueError(f"frame of {len(data)} bytes over max-frame-size")
+        return data

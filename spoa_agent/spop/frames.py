@@ -1,0 +1,349 @@
+"""SPOP frames as events, and their encoding both ways (SPOE.txt 3.2).
+
+Events are frozen, slotted dataclasses checked when built. `encode_frame`
+turns any event into the bytes of one frame, length prefix included;
+`decode_frame` turns one frame (without the prefix) back into an event.
+Both directions exist for every frame type so that tests can play HAProxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+from spoa_agent.spop.constants import ActionType, FrameFlags, FrameType, Scope, Status
+from spoa_agent.spop.data import (
+    FRAME_HEADER,
+    LENGTH,
+    Buffer,
+    Value,
+    decode_kv_list,
+    decode_str,
+    decode_value,
+    decode_varint,
+    encode_kv_list,
+    encode_str,
+    encode_value,
+    encode_varint,
+)
+from spoa_agent.spop.errors import SpopError
+
+_MAX_ARGS = 255  # NB-ARGS is one byte
+
+
+def _split_list(text: str) -> frozenset[str]:
+    # "Spaces must be ignored, if any."
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class HaproxyHello:
+    supported_versions: tuple[str, ...]
+    max_frame_size: int
+    capabilities: frozenset[str]
+    healthcheck: bool = False
+    engine_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHello:
+    version: str
+    max_frame_size: int
+    capabilities: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class HaproxyDisconnect:
+    status: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDisconnect:
+    status: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One spoe-message of a NOTIFY: its name and its named arguments."""
+
+    name: str
+    args: Mapping[str, Value] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.args) > _MAX_ARGS:
+            raise ValueError(f"a message carries at most {_MAX_ARGS} arguments")
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    stream_id: int
+    frame_id: int
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetVar:
+    name: str
+    value: Value
+    scope: Scope = Scope.TRANSACTION
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a variable needs a name")
+
+
+@dataclass(frozen=True, slots=True)
+class UnsetVar:
+    name: str
+    scope: Scope = Scope.TRANSACTION
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a variable needs a name")
+
+
+Action = Union[SetVar, UnsetVar]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    stream_id: int
+    frame_id: int
+    actions: tuple[Action, ...] = ()
+
+
+Frame = Union[HaproxyHello, AgentHello, HaproxyDisconnect, AgentDisconnect, Notify, Ack]
+
+
+# --- encoding -------------------------------------------------------------
+
+
+def _frame(kind: FrameType, payload: bytes, stream_id: int = 0, frame_id: int = 0) -> bytes:
+    body = (
+        FRAME_HEADER.pack(kind, FrameFlags.FIN)
+        + encode_varint(stream_id)
+        + encode_varint(frame_id)
+        + payload
+    )
+    return LENGTH.pack(len(body)) + body
+
+
+def _encode_haproxy_hello(ev: HaproxyHello) -> bytes:
+    items: list[tuple[str, Value]] = [
+        ("supported-versions", ",".join(ev.supported_versions)),
+        ("max-frame-size", ev.max_frame_size),
+        ("capabilities", ",".join(sorted(ev.capabilities))),
+    ]
+    if ev.healthcheck:
+        items.append(("healthcheck", True))
+    if ev.engine_id is not None:
+        items.append(("engine-id", ev.engine_id))
+    return _frame(FrameType.HAPROXY_HELLO, encode_kv_list(items))
+
+
+def _encode_agent_hello(ev: AgentHello) -> bytes:
+    items: list[tuple[str, Value]] = [
+        ("version", ev.version),
+        ("max-frame-size", ev.max_frame_size),
+        ("capabilities", ",".join(sorted(ev.capabilities))),
+    ]
+    return _frame(FrameType.AGENT_HELLO, encode_kv_list(items))
+
+
+def _disconnect_payload(status: int, message: str) -> bytes:
+    return encode_kv_list([("status-code", status), ("message", message)])
+
+
+def _encode_haproxy_disconnect(ev: HaproxyDisconnect) -> bytes:
+    return _frame(FrameType.HAPROXY_DISCONNECT, _disconnect_payload(ev.status, ev.message))
+
+
+def _encode_agent_disconnect(ev: AgentDisconnect) -> bytes:
+    return _frame(FrameType.AGENT_DISCONNECT, _disconnect_payload(ev.status, ev.message))
+
+
+def _encode_notify(ev: Notify) -> bytes:
+    parts = []
+    for message in ev.messages:
+        parts.append(encode_str(message.name))
+        parts.append(bytes((len(message.args),)))
+        parts.append(encode_kv_list(message.args.items()))
+    return _frame(FrameType.NOTIFY, b"".join(parts), ev.stream_id, ev.frame_id)
+
+
+def encode_action(action: Action) -> bytes:
+    if type(action) is SetVar:
+        return (
+            bytes((ActionType.SET_VAR, 3, action.scope))
+            + encode_str(action.name)
+            + encode_value(action.value)
+        )
+    if type(action) is UnsetVar:
+        return bytes((ActionType.UNSET_VAR, 2, action.scope)) + encode_str(action.name)
+    raise TypeError(f"not an SPOP action: {action!r}")
+
+
+def _encode_ack(ev: Ack) -> bytes:
+    payload = b"".join(encode_action(action) for action in ev.actions)
+    return _frame(FrameType.ACK, payload, ev.stream_id, ev.frame_id)
+
+
+_ENCODERS: dict[type, Callable[..., bytes]] = {
+    HaproxyHello: _encode_haproxy_hello,
+    AgentHello: _encode_agent_hello,
+    HaproxyDisconnect: _encode_haproxy_disconnect,
+    AgentDisconnect: _encode_agent_disconnect,
+    Notify: _encode_notify,
+    Ack: _encode_ack,
+}
+
+
+def encode_frame(event: Frame) -> bytes:
+    """The bytes of one frame, 4-byte length prefix included."""
+    return _ENCODERS[type(event)](event)
+
+
+# --- decoding -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    kind: int
+    flags: int
+    stream_id: int
+    frame_id: int
+    payload_at: int
+
+
+def decode_header(buf: Buffer) -> FrameHeader:
+    """Type, flags and ids of one frame given without its length prefix."""
+    if len(buf) < FRAME_HEADER.size:
+        raise SpopError(Status.INVALID_FRAME, "frame shorter than its header")
+    kind, flags = FRAME_HEADER.unpack_from(buf, 0)
+    stream_id, pos = decode_varint(buf, FRAME_HEADER.size)
+    frame_id, pos = decode_varint(buf, pos)
+    return FrameHeader(kind, flags, stream_id, frame_id, pos)
+
+
+def _kv_str(items: Mapping[str, Value], key: str, missing: Status) -> str:
+    value = items.get(key)
+    if value is None:
+        raise SpopError(missing, f"HELLO has no {key!r}")
+    if type(value) is not str:
+        raise SpopError(Status.INVALID_FRAME, f"{key!r} is not a string")
+    return value
+
+
+def _decode_hello_common(items: Mapping[str, Value]) -> tuple[int, frozenset[str]]:
+    size = items.get("max-frame-size")
+    if size is None:
+        raise SpopError(Status.NO_MAX_FRAME_SIZE, "HELLO has no 'max-frame-size'")
+    if type(size) is not int:
+        raise SpopError(Status.INVALID_FRAME, "'max-frame-size' is not an integer")
+    return size, _split_list(_kv_str(items, "capabilities", Status.NO_CAPABILITIES))
+
+
+def _decode_haproxy_hello(head: FrameHeader, buf: Buffer) -> HaproxyHello:
+    items = decode_kv_list(buf, head.payload_at)
+    versions = tuple(sorted(_split_list(_kv_str(items, "supported-versions", Status.NO_VERSION))))
+    size, capabilities = _decode_hello_common(items)
+    engine_id = items.get("engine-id")
+    return HaproxyHello(
+        supported_versions=versions,
+        max_frame_size=size,
+        capabilities=capabilities,
+        healthcheck=items.get("healthcheck") is True,
+        engine_id=engine_id if type(engine_id) is str else None,
+    )
+
+
+def _decode_agent_hello(head: FrameHeader, buf: Buffer) -> AgentHello:
+    items = decode_kv_list(buf, head.payload_at)
+    version = _kv_str(items, "version", Status.NO_VERSION)
+    size, capabilities = _decode_hello_common(items)
+    return AgentHello(version, size, capabilities)
+
+
+def _decode_disconnect_items(head: FrameHeader, buf: Buffer) -> tuple[int, str]:
+    items = decode_kv_list(buf, head.payload_at)
+    status = items.get("status-code")
+    message = items.get("message")
+    if type(status) is not int or type(message) is not str:
+        raise SpopError(Status.INVALID_FRAME, "DISCONNECT needs status-code and message")
+    return status, message
+
+
+def _decode_haproxy_disconnect(head: FrameHeader, buf: Buffer) -> HaproxyDisconnect:
+    return HaproxyDisconnect(*_decode_disconnect_items(head, buf))
+
+
+def _decode_agent_disconnect(head: FrameHeader, buf: Buffer) -> AgentDisconnect:
+    return AgentDisconnect(*_decode_disconnect_items(head, buf))
+
+
+def _decode_notify(head: FrameHeader, buf: Buffer) -> Notify:
+    messages = []
+    pos = head.payload_at
+    end = len(buf)
+    while pos < end:
+        name, pos = decode_str(buf, pos)
+        if pos >= end:
+            raise SpopError(Status.INVALID_FRAME, "truncated message")
+        nb_args = buf[pos]
+        pos += 1
+        args: dict[str, Value] = {}
+        for _ in range(nb_args):
+            key, pos = decode_str(buf, pos)
+            args[key], pos = decode_value(buf, pos)
+        messages.append(Message(name, args))
+    return Notify(head.stream_id, head.frame_id, tuple(messages))
+
+
+def _decode_scope(value: int) -> Scope:
+    try:
+        return Scope(value)
+    except ValueError:
+        raise SpopError(Status.INVALID_FRAME, f"unknown variable scope {value}") from None
+
+
+def _decode_ack(head: FrameHeader, buf: Buffer) -> Ack:
+    actions: list[Action] = []
+    pos = head.payload_at
+    end = len(buf)
+    while pos < end:
+        if pos + 3 > end:
+            raise SpopError(Status.INVALID_FRAME, "truncated action")
+        kind, nb_args, scope = buf[pos], buf[pos + 1], _decode_scope(buf[pos + 2])
+        name, pos = decode_str(buf, pos + 3)
+        if kind == ActionType.SET_VAR and nb_args == 3:
+            value, pos = decode_value(buf, pos)
+            actions.append(SetVar(name, value, scope))
+        elif kind == ActionType.UNSET_VAR and nb_args == 2:
+            actions.append(UnsetVar(name, scope))
+        else:
+            raise SpopError(Status.INVALID_FRAME, f"unknown action {kind}/{nb_args}")
+    return Ack(head.stream_id, head.frame_id, tuple(actions))
+
+
+DECODERS: dict[int, Callable[[FrameHeader, Buffer], Frame]] = {
+    FrameType.HAPROXY_HELLO: _decode_haproxy_hello,
+    FrameType.HAPROXY_DISCONNECT: _decode_haproxy_disconnect,
+    FrameType.NOTIFY: _decode_notify,
+    FrameType.AGENT_HELLO: _decode_agent_hello,
+    FrameType.AGENT_DISCONNECT: _decode_agent_disconnect,
+    FrameType.ACK: _decode_ack,
+}
+
+
+def decode_frame(buf: Buffer) -> Frame:
+    """One whole frame (no length prefix) of any known type, FIN required."""
+    head = decode_header(buf)
+    if not head.flags & FrameFlags.FIN:
+        raise SpopError(Status.FRAGMENTATION_NOT_SUPPORTED, "fragmented frame")
+    decoder = DECODERS.get(head.kind)
+    if decoder is None:
+        raise SpopError(Status.INVALID_FRAME, f"unknown frame type {head.kind}")
+    return decoder(head, buf)
