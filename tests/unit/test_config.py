@@ -1,0 +1,113 @@
+"""Config loading: every problem named with the file and the field."""
+
+from pathlib import Path
+
+import pytest
+
+from spoa_agent.config import ConfigError, Listen, load_config, parse_listen, parse_seconds
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(None, env={})
+    assert config.server.listen == Listen("127.0.0.1", 12345)
+    assert config.server.workers == 1
+    assert config.routes == ()
+
+
+def test_full_file(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[server]
+listen = "0.0.0.0:9000"
+workers = 2
+hello_timeout = "250ms"
+drain_timeout = 3
+[log]
+level = "debug"
+[[routes]]
+methods = ["get"]
+path = "/api/tags"
+""")
+    config = load_config(path, env={})
+    assert config.server.listen == Listen("0.0.0.0", 9000)
+    assert config.server.workers == 2
+    assert config.server.hello_timeout == 0.25
+    assert config.server.drain_timeout == 3.0
+    assert config.log.level == "debug"
+    assert config.routes[0].methods == frozenset({"GET"})
+
+
+def test_every_problem_is_reported_with_file_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[server]
+listen = "nowhere"
+workers = 0
+hello_timeout = "soon"
+colour = "blue"
+[log]
+level = "loud"
+[[routes]]
+path = "api/tags"
+methods = ["GET"]
+[[routes]]
+path = "/x"
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    problems = err.value.problems
+    assert all(p.startswith(f"{path}: ") for p in problems)
+    text = "\n".join(problems)
+    for field in ("server.listen", "server.workers", "server.hello_timeout", "server.colour",
+                  "log.level", "routes[0]", "routes[1].methods"):
+        assert f": {field}" in text, field
+    assert len(problems) == 7
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml", env={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[server\n"), env={})
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nlisten = "127.0.0.1:1"\n')
+    config = load_config(path, env={"SPOA_AGENT_LISTEN": "[::1]:7000",
+                                    "SPOA_AGENT_LOG_FILE": "/tmp/a.log"})
+    assert config.server.listen == Listen("::1", 7000)
+    assert config.log.file == "/tmp/a.log"
+    with pytest.raises(ConfigError, match="SPOA_AGENT_LISTEN"):
+        load_config(path, env={"SPOA_AGENT_LISTEN": "7000"})
+
+
+@pytest.mark.parametrize(("text", "listen"), [
+    ("127.0.0.1:12345", Listen("127.0.0.1", 12345)),
+    (":80", Listen("0.0.0.0", 80)),
+    ("[::]:80", Listen("::", 80)),
+    ("localhost:1", Listen("localhost", 1)),
+])
+def test_parse_listen(text: str, listen: Listen) -> None:
+    assert parse_listen(text) == listen
+
+
+@pytest.mark.parametrize("text", ["", "1.2.3.4", "host:0", "host:70000", "::1:80", "a:b"])
+def test_parse_listen_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_listen(text)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(2, 2.0), (0.5, 0.5), ("250ms", 0.25),
+                                                ("2m", 120.0), ("1h", 3600.0)])
+def test_parse_seconds(value: object, seconds: float) -> None:
+    assert parse_seconds(value) == seconds
+
+
+@pytest.mark.parametrize("value", [0, -1, "1d", "fast", True, None])
+def test_parse_seconds_refuses(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_seconds(value)

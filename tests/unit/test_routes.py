@@ -1,0 +1,87 @@
+"""The route allowlist, table-driven: what the example policy allows and refuses."""
+
+from pathlib import Path
+
+import pytest
+
+from spoa_agent.config import load_config
+from spoa_agent.policy import Route, RouteError, RouteTable
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agent.example.toml"
+
+
+@pytest.fixture(scope="module")
+def table() -> RouteTable:
+    return RouteTable(load_config(EXAMPLE, env={}).routes)
+
+
+ALLOWED = [
+    ("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/llama3.2:1b"),
+    ("POST", "/v1/responses"), ("POST", "/v1/messages"), ("GET", "/api/version"),
+    ("GET", "/api/tags"), ("POST", "/api/show"), ("POST", "/api/chat"),
+    ("POST", "/api/generate"), ("POST", "/api/embed"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ALLOWED)
+def test_example_policy_allows(table: RouteTable, method: str, path: str) -> None:
+    decision = table.decide(method, path)
+    assert decision.allowed, decision
+    assert decision.rule
+
+
+DENIED = [
+    ("POST", "/api/pull", "route_not_allowed"),
+    ("DELETE", "/api/delete", "route_not_allowed"),
+    ("POST", "/api/create", "route_not_allowed"),
+    ("POST", "/api/push", "route_not_allowed"),
+    ("POST", "/api/copy", "route_not_allowed"),
+    ("GET", "/api/chat", "method_not_allowed"),
+    ("DELETE", "/v1/models/llama3", "method_not_allowed"),
+    ("POST", "//api/pull", "route_not_allowed"),
+    ("POST", "/api/pull/", "route_not_allowed"),
+    ("POST", "/API/PULL", "route_not_allowed"),
+    ("POST", "/api/%70ull", "route_not_allowed"),
+    ("POST", "/v1/../api/pull", "route_not_allowed"),
+    ("GET", "/v1/models/..", "route_not_allowed"),
+    ("GET", "/v1/models/a/b", "route_not_allowed"),
+    ("GET", "/v1/models/%2e%2e", "route_not_allowed"),
+    ("GET", "/v1/models/", "route_not_allowed"),
+    ("GET", "/", "route_not_allowed"),
+    ("GET", "", "route_not_allowed"),
+    ("POST", "/api/chat" + "/x" * 5000, "route_not_allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "reason"), DENIED)
+def test_example_policy_refuses(table: RouteTable, method: str, path: str, reason: str) -> None:
+    decision = table.decide(method, path)
+    assert not decision.allowed
+    assert (decision.status, decision.reason) == (403, reason)
+
+
+def test_no_routes_denies_everything() -> None:
+    assert not RouteTable(()).decide("GET", "/api/tags").allowed
+
+
+def test_same_template_in_two_rules_merges_methods() -> None:
+    table = RouteTable((Route("/m/{id}", frozenset({"GET"})), Route("/m/{id}", frozenset({"PUT"}))))
+    assert table.decide("GET", "/m/1").allowed
+    assert table.decide("PUT", "/m/1").allowed
+    assert not table.decide("POST", "/m/1").allowed
+
+
+def test_many_templates_each_match_their_own() -> None:
+    routes = tuple(Route(f"/t{i}/{{x}}", frozenset({"GET"}), f"r{i}") for i in range(200))
+    table = RouteTable(routes)
+    assert table.decide("GET", "/t137/abc").rule == "r137"
+    assert not table.decide("GET", "/t200/abc").allowed
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [("api/tags", {"GET"}), ("/a/{", {"GET"}), ("/a/{x", {"GET"}), ("/a", set()), ("/a", {"FETCH"})],
+)
+def test_bad_routes_are_refused(path: str, methods: set[str]) -> None:
+    with pytest.raises(RouteError):
+        Route(path, frozenset(methods))
