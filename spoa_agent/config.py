@@ -123,7 +123,8 @@ class _Reader:
                 low: int, high: int) -> int:
         value = data.get(key, default)
         if type(value) is not int or not low <= value <= high:
-            self.problem(f"{where}.{key}", f"must be an integer from {low} to {high}, got {value!r}")
+            self.problem(f"{where}.{key}",
+                         f"must be an integer from {low} to {high}, got {value!r}")
             return default
         return value
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from collections.abc import MutableMapping
+from typing import IO, Any, BinaryIO, cast
 
 import orjson
 import structlog
@@ -32,7 +33,7 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
           "error": logging.ERROR}
 
 
-def _to_ecs(_: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _to_ecs(_: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "@timestamp": event_dict.pop("timestamp"),
         "log.level": method_name if method_name != "exception" else "error",
@@ -53,7 +54,7 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
-def _render(_: Any, __: str, event_dict: dict[str, Any]) -> bytes:
+def _render(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> bytes:
     try:
         return orjson.dumps(event_dict, default=str)
     except TypeError:
@@ -70,13 +71,13 @@ def configure(level: str = "info", stream: IO[bytes] | None = None) -> None:
             _render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.BytesLoggerFactory(stream or sys.stdout.buffer),
+        logger_factory=structlog.BytesLoggerFactory(cast(BinaryIO, stream or sys.stdout.buffer)),
         cache_logger_on_first_use=True,
     )
 
 
 def open_log_file(path: str | None) -> IO[bytes] | None:
-    return open(path, "ab", buffering=0) if path else None  # noqa: SIM115 - lives as long as the process
+    return open(path, "ab", buffering=0) if path else None
 
 
 def get_logger(**context: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import ClassVar
 
 from spoa_agent.spop import (
     AgentDisconnect,
@@ -19,7 +20,7 @@ HELLO = HaproxyHello(("2.0",), 16380, frozenset({"pipelining"}), False, "test-en
 
 class Peer:
     # Every peer a test opens, closed after the test by conftest.
-    opened: list[Peer] = []
+    opened: ClassVar[list[Peer]] = []
 
     def __init__(self, port: int, timeout: float = 5.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)

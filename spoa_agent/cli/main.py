@@ -21,7 +21,9 @@ EXIT_USAGE = 2
 class ListenType(click.ParamType[Listen]):
     name = "HOST:PORT"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Listen:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Listen:
         if isinstance(value, Listen):
             return value
         try:
@@ -42,7 +44,8 @@ def _load(ctx: click.Context) -> Config:
 @click.option("--config", "config_path", envvar=ENV_CONFIG, type=click.Path(dir_okay=False),
               help=f"Agent configuration (TOML). Env: {ENV_CONFIG}.")
 @click.option("--redis-url", envvar="SPOA_AGENT_REDIS_URL", default="redis://127.0.0.1:6379/0",
-              show_default=True, help="Redis for tokens and rate limits. Env: SPOA_AGENT_REDIS_URL.")
+              show_default=True,
+              help="Redis for tokens and rate limits. Env: SPOA_AGENT_REDIS_URL.")
 @click.version_option(package_name="spoa-agent")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, redis_url: str) -> None:

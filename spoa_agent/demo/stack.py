@@ -120,7 +120,8 @@ class Gateway:
         self.processes["upstream"] = proc
         return proc
 
-    def start_agent(self, config: Path, workers: int = 1, extra: list[str] | None = None) -> Process:
+    def start_agent(self, config: Path, workers: int = 1,
+                    extra: list[str] | None = None) -> Process:
         argv = [sys.executable, "-m", "spoa_agent", "--config", str(config), "serve",
                 "--listen", f"127.0.0.1:{self.agent_port}", "--workers", str(workers),
                 *(extra or [])]

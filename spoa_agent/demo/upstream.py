@@ -7,7 +7,9 @@ header names) so tests can check that credentials never get past HAProxy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODEL = "llama3.2:1b"
@@ -29,7 +31,7 @@ def _chat_completion() -> dict[str, object]:
     }
 
 
-_POST = {
+_POST: dict[str, Callable[[], dict[str, object]]] = {
     "/v1/chat/completions": _chat_completion,
     "/api/chat": lambda: {"model": MODEL, "message": {"role": "assistant",
                                                       "content": "Hello from the upstream."},
@@ -57,14 +59,14 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - name fixed by http.server
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         body = _GET.get(path)
         if body is None and path.startswith("/v1/models/"):
             body = {"id": path.rsplit("/", 1)[1], "object": "model", "owned_by": "library"}
         self._answer(200 if body else 404, body or {"error": "not found"})
 
-    def do_POST(self) -> None:  # noqa: N802 - name fixed by http.server
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         make = _POST.get(self.path.split("?", 1)[0])
@@ -81,10 +83,8 @@ def main() -> None:
     host, _, port = ns.listen.rpartition(":")
     server = ThreadingHTTPServer((host, int(port)), UpstreamHandler)
     server.daemon_threads = True
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from spoa_agent.config import ServerConfig
 from spoa_agent.server.agent import Actions, Agent
 from spoa_agent.spop import (
     CLOSED,
@@ -26,7 +27,6 @@ from spoa_agent.spop import (
     SpopError,
     Status,
 )
-from spoa_agent.config import ServerConfig
 
 
 class SpopProtocol(asyncio.Protocol):
@@ -139,7 +139,7 @@ class SpopProtocol(asyncio.Protocol):
             if isinstance(result, list | tuple):
                 actions.extend(result)
             else:
-                pending.append(result)
+                pending.append(cast(Awaitable[Actions], result))
         if not pending:
             self._send_ack(notify, actions)
             return

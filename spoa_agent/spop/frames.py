@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Union
 
 from spoa_agent.spop.constants import ActionType, FrameFlags, FrameType, Scope, Status
 from spoa_agent.spop.data import (
@@ -105,7 +104,7 @@ class UnsetVar:
             raise ValueError("a variable needs a name")
 
 
-Action = Union[SetVar, UnsetVar]
+Action = SetVar | UnsetVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +114,7 @@ class Ack:
     actions: tuple[Action, ...] = ()
 
 
-Frame = Union[HaproxyHello, AgentHello, HaproxyDisconnect, AgentDisconnect, Notify, Ack]
+Frame = HaproxyHello | AgentHello | HaproxyDisconnect | AgentDisconnect | Notify | Ack
 
 
 # --- encoding -------------------------------------------------------------

@@ -190,7 +190,8 @@ def test_workers_share_one_port(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         children: list[str] = []
         while time.monotonic() < deadline and len(children) < 2:
-            children = Path(f"/proc/{proc.popen.pid}/task/{proc.popen.pid}/children").read_text().split()
+            pid = proc.popen.pid
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             time.sleep(0.1)
         assert len(children) == 2
         peers = [Peer(gw.agent_port) for _ in range(20)]

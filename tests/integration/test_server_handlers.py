@@ -4,6 +4,7 @@ pipelining out of order, a raising handler answered at once, bounded work."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -41,10 +42,8 @@ def run_with_agent(agent: Agent, body: Callable[[asyncio.StreamReader, asyncio.S
             writer.close()
             await writer.wait_closed()
             server.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await server
-            except asyncio.CancelledError:
-                pass
 
     asyncio.run(main())
 

@@ -80,7 +80,8 @@ def test_many_templates_each_match_their_own() -> None:
 
 @pytest.mark.parametrize(
     ("path", "methods"),
-    [("api/tags", {"GET"}), ("/a/{", {"GET"}), ("/a/{x", {"GET"}), ("/a", set()), ("/a", {"FETCH"})],
+    [("api/tags", {"GET"}), ("/a/{", {"GET"}), ("/a/{x", {"GET"}), ("/a", set()),
+     ("/a", {"FETCH"})],
 )
 def test_bad_routes_are_refused(path: str, methods: set[str]) -> None:
     with pytest.raises(RouteError):

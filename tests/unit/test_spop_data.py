@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spoa_agent.spop import SpopError, Status, decode_value, decode_varint, encode_value, encode_varint
+from spoa_agent.spop import (
+    SpopError,
+    Status,
+    decode_value,
+    decode_varint,
+    encode_value,
+    encode_varint,
+)
 
 VARINTS = [
     (0, "00"),

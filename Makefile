@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh Debian/Ubuntu machine:
+#   make demo   the whole gateway running locally, with curl examples
+#   make test   everything the tests need installed, then the suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench deps system-deps clean
+
+deps: system-deps $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+demo: deps
+	$(PY) -m spoa_agent.demo
+
+lint: deps
+	$(VENV)/bin/ruff check spoa_agent tests bench
+	$(VENV)/bin/mypy
+
+# pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
+test: deps lint
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+bench: deps
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo

@@ -1,0 +1,7 @@
+"""`python -m bench`: the same as `python bench/run.py`."""
+
+import sys
+
+from bench.run import run
+
+sys.exit(run())

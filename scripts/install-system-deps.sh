@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the system packages the demo and the tests use, only if missing:
+# HAProxy 2.6, Redis, fail2ban, Lua 5.3/5.4, wrk, and Python's venv module.
+# Debian/Ubuntu (apt). Uses sudo when not root.
+set -euo pipefail
+
+declare -A need=(
+  [haproxy]=haproxy
+  [redis-server]=redis-server
+  [fail2ban-server]=fail2ban
+  [lua5.4]=lua5.4
+  [lua5.3]=lua5.3
+  [wrk]=wrk
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${need[$cmd]}")
+done
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-system-deps: please install: ${missing[*]} (no apt-get here)" >&2
+  exit 1
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "install-system-deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
