@@ -6,12 +6,13 @@ ask the policy, turn the Decision into variables, log what was refused.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from spoa_agent.config import Config
 from spoa_agent.policy import Decision, RouteTable
 from spoa_agent.server import Actions, Agent
-from spoa_agent.spop import Message, SetVar
+from spoa_agent.spop import Message, SetVar, Value
 
 CHECK_REQUEST = "check-request"
 
@@ -26,7 +27,7 @@ def decision_vars(decision: Decision) -> Actions:
     ]
 
 
-def _text(args: dict[str, Any] | Any, key: str) -> str:
+def _text(args: Mapping[str, Value], key: str) -> str:
     value = args.get(key)
     return value if isinstance(value, str) else ""
 

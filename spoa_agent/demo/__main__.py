@@ -12,7 +12,6 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 
 from spoa_agent.demo.stack import REPO, Gateway, free_port, haproxy_binaries
 

@@ -68,7 +68,7 @@ async def _drain(connections: set[SpopProtocol], timeout: float) -> None:
             async with asyncio.timeout(timeout):
                 await asyncio.gather(*waiting)
     for protocol in list(connections):
-        protocol._close()  # past the deadline: cancel in-flight work
+        protocol.close()  # past the deadline: cancel in-flight work
 
 
 def run(agent: Agent, settings: ServerConfig, log: Any, reuse_port: bool = False) -> None:

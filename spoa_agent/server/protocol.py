@@ -112,7 +112,7 @@ class SpopProtocol(asyncio.Protocol):
                 self._disconnect(Status.NORMAL, "bye")
                 return
             elif event is CLOSED:
-                self._close()
+                self.close()
                 return
 
     def _on_hello(self, hello: HaproxyHello) -> None:
@@ -121,7 +121,7 @@ class SpopProtocol(asyncio.Protocol):
             self._hello_timer = None
         self._write(self.conn.send(self.conn.hello_reply()))
         if hello.healthcheck:
-            self._close()
+            self.close()
 
     def _on_notify(self, notify: Notify) -> None:
         actions: list[Action] = []
@@ -207,7 +207,7 @@ class SpopProtocol(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self._write(self.conn.send(AgentDisconnect(int(status), message)))
-        self._close()
+        self.close()
 
     def _write(self, data: bytes) -> None:
         # One write per frame: some HAProxy versions mishandle a frame split
@@ -215,6 +215,6 @@ class SpopProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.transport is not None:
             self.transport.close()

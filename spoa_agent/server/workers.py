@@ -31,7 +31,7 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
     signal.signal(signal.SIGINT, request_stop)
 
     def start() -> tuple[BaseProcess, float]:
-        process = context.Process(target=target, daemon=False)
+        process = context.Process(target=_worker_main, args=(target,), daemon=False)
         process.start()
         return process, time.monotonic()
 
@@ -41,7 +41,7 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
     while not stopping:
         wait([process.sentinel for process, _ in workers], timeout=0.5)
         for index, (process, started) in enumerate(workers):
-            if process.exitcode is None:
+            if process.exitcode is None or stopping:
                 continue
             if time.monotonic() - started < _EARLY_DEATH:
                 log.error("worker_failed_at_start", pid=process.pid, code=process.exitcode)
@@ -62,3 +62,11 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
     log.info("workers_stopped")
     return exit_code
 
+
+
+def _worker_main(target: Callable[[], None]) -> None:
+    # The fork inherited the supervisor's handlers; until the worker's event
+    # loop installs its own, a signal must act as it normally does.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    target()
