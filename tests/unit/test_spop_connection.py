@@ -86,15 +86,6 @@ BAD_PEERS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "data", "status"), BAD_PEERS, ids=[b[0] for b in BAD_PEERS])
-def test_bad_peer_gets_status(name: str, data: bytes, status: Status) -> None:
-    conn = AgentConnection()
-    conn.receive_data(data)
-    with pytest.raises(SpopError) as err:
-        conn.next_event()
-    assert err.value.status is status
-
-
 BAD_AFTER_HELLO = [
     ("second hello", encode_frame(HELLO), Status.INVALID_FRAME),
     ("agent frame from haproxy", encode_frame(Ack(1, 1)), Status.INVALID_FRAME),
@@ -105,10 +96,13 @@ BAD_AFTER_HELLO = [
 ]
 
 
-@pytest.mark.parametrize(("name", "data", "status"), BAD_AFTER_HELLO,
-                         ids=[b[0] for b in BAD_AFTER_HELLO])
-def test_bad_frame_after_hello(name: str, data: bytes, status: Status) -> None:
-    conn = ready()
+CASES = [(*case, False) for case in BAD_PEERS] + [(*case, True) for case in BAD_AFTER_HELLO]
+
+
+@pytest.mark.parametrize(("name", "data", "status", "after_hello"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_bad_peer_gets_status(name: str, data: bytes, status: Status, after_hello: bool) -> None:
+    conn = ready() if after_hello else AgentConnection()
     conn.receive_data(data)
     with pytest.raises(SpopError) as err:
         conn.next_event()
