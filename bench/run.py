@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     haproxy = pick_haproxy(args.haproxy)
     version = haproxy_version(haproxy)
     cpus = os.cpu_count()
+    load = os.getloadavg()[0]  # other work on the machine skews every figure
     print(f"codec: {args.count} frames each ...", flush=True)
     decode_rate = bench_decode(args.count)
     encode_rate = bench_encode(args.count)
@@ -264,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
     wrk = " ".join(wrk_argv(f"http://127.0.0.1:PORT{ALLOWED_PATH}", args.duration,
                             args.connections))
-    print(f"\nHAProxy {version} ({haproxy}), {cpus} CPUs shared by wrk, HAProxy and the agent")
+    print(f"\nHAProxy {version} ({haproxy}), {cpus} CPUs shared by wrk, HAProxy and the agent;"
+          f" load average before the run: {load:.2f}")
     print(f"load per row: {wrk}", flush=True)
     plan: list[tuple[str, int | None]] = [
         ("haproxy answers itself", None),
@@ -285,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     report: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": cpus, "python": platform.python_version(),
-                    "haproxy": version, "haproxy_binary": haproxy},
+        "machine": {"cpus": cpus, "load_average_1m_before": load,
+                    "python": platform.python_version(), "haproxy": version,
+                    "haproxy_binary": haproxy},
         "codec": {"frames": args.count, "notify_decoded_per_s": decode_rate,
                   "ack_encoded_per_s": encode_rate, "notify_batch": BATCH},
         "wrk": wrk,

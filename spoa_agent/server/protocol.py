@@ -47,6 +47,7 @@ class SpopProtocol(asyncio.Protocol):
         self._paused = False
         self._draining = False
         self._hello_timer: asyncio.TimerHandle | None = None
+        self._batch: list[bytes] | None = None
         self.drained = asyncio.get_running_loop().create_future()
 
     # --- asyncio callbacks ------------------------------------------------
@@ -66,7 +67,13 @@ class SpopProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
-        self._pump()
+        # ACKs answered inline while handling this chunk leave in one write
+        # (one syscall instead of one per frame); frames are never split.
+        self._batch = []
+        try:
+            self._pump()
+        finally:
+            self._flush()
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
@@ -210,11 +217,19 @@ class SpopProtocol(asyncio.Protocol):
         self.close()
 
     def _write(self, data: bytes) -> None:
-        # One write per frame: some HAProxy versions mishandle a frame split
+        # Whole frames only: some HAProxy versions mishandle a frame split
         # across writes (a HELLO over two TCP segments).
-        if self.transport is not None and not self.transport.is_closing():
+        if self._batch is not None:
+            self._batch.append(data)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(batch))
+
     def close(self) -> None:
+        self._flush()
         if self.transport is not None:
             self.transport.close()
