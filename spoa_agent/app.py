@@ -6,6 +6,7 @@ ask the policy, turn the Decision into variables, log what was refused.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,14 +18,19 @@ from spoa_agent.spop import Message, SetVar, Value
 CHECK_REQUEST = "check-request"
 
 
+@functools.lru_cache(maxsize=1024)
 def decision_vars(decision: Decision) -> Actions:
-    """Variables under txn.<var-prefix>.* that haproxy.cfg decides on."""
-    return [
+    """Variables under txn.<var-prefix>.* that haproxy.cfg decides on.
+
+    Cached: a decision is one of few (rule, outcome) pairs, and its variables
+    are immutable, so each is built once.
+    """
+    return (
         SetVar("decision", "allow" if decision.allowed else "deny"),
         SetVar("status", decision.status),
         SetVar("reason", decision.reason),
         SetVar("rule", decision.rule),
-    ]
+    )
 
 
 def _text(args: Mapping[str, Value], key: str) -> str:

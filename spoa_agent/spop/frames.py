@@ -8,6 +8,7 @@ Both directions exist for every frame type so that tests can play HAProxy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -174,6 +175,15 @@ def _encode_notify(ev: Notify) -> bytes:
 
 
 def encode_action(action: Action) -> bytes:
+    # Agents answer with the same few variables over and over (decision,
+    # status, reason): their bytes are cached instead of rebuilt for every
+    # ACK. The value's type is part of the key because True == 1.
+    value_type = type(action.value).__name__ if type(action) is SetVar else ""
+    return _encode_action(action, value_type)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encode_action(action: Action, value_type: str) -> bytes:
     if type(action) is SetVar:
         return (
             bytes((ActionType.SET_VAR, 3, action.scope))

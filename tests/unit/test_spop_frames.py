@@ -77,3 +77,14 @@ def test_unknown_type_is_invalid(kind: int) -> None:
 def test_variable_needs_a_name() -> None:
     with pytest.raises(ValueError):
         SetVar("", 1)
+
+
+def test_equal_values_of_different_types_keep_their_types() -> None:
+    # True == 1 and hash(True) == hash(1): the encoding cache must not mix them.
+    for value in (1, True, 0, False):
+        ack = Ack(1, 1, (SetVar("v", value),))
+        decoded = decode_frame(encode_frame(ack)[4:])
+        assert isinstance(decoded, Ack)
+        got = decoded.actions[0]
+        assert isinstance(got, SetVar)
+        assert type(got.value) is type(value) and got.value == value
