@@ -1,25 +1,34 @@
 """The agent as HAProxy uses it: the `check-request` SPOE message and its answer.
 
-This is where the server meets the policy: decode the message's arguments,
-ask the policy, turn the Decision into variables, log what was refused.
+This is where the server meets auth and policy: read the message's
+arguments, authenticate, ask the policy, turn the Decision into variables,
+log what was refused. The hot path (a cached key) answers without awaiting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from spoa_agent.auth import Authenticator, AuthFailure, Principal, VerifierPool
+from spoa_agent.auth.authenticator import MAX_CREDENTIAL
+from spoa_agent.auth.hashing import SecretHasher
 from spoa_agent.config import Config
 from spoa_agent.policy import Decision, RouteTable
 from spoa_agent.server import Actions, Agent
-from spoa_agent.spop import Message, SetVar, Value
+from spoa_agent.spop import Action, Message, SetVar, Value
+from spoa_agent.store.redis import async_client
+from spoa_agent.store.tokens import KeyLookup, follow_changes
 
 CHECK_REQUEST = "check-request"
 
 
 @functools.lru_cache(maxsize=1024)
-def decision_vars(decision: Decision) -> Actions:
+def decision_vars(decision: Decision) -> tuple[Action, ...]:
     """Variables under txn.<var-prefix>.* that haproxy.cfg decides on.
 
     Cached: a decision is one of few (rule, outcome) pairs, and its variables
@@ -33,36 +42,135 @@ def decision_vars(decision: Decision) -> Actions:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def principal_vars(principal: Principal) -> tuple[Action, ...]:
+    """Who asked: haproxy.cfg passes `principal` upstream as X-Spoa-Principal."""
+    return (SetVar("principal", principal.name), SetVar("principal_id", principal.id))
+
+
 def _text(args: Mapping[str, Value], key: str) -> str:
     value = args.get(key)
     return value if isinstance(value, str) else ""
 
 
+def credential(args: Mapping[str, Value]) -> str | AuthFailure:
+    """The token from `Authorization: Bearer` or `x-api-key`, or why there is none."""
+    authorization = _header(args, "authorization")
+    api_key = _header(args, "api_key")
+    raw = authorization if authorization is not None else api_key
+    if raw is None:
+        return AuthFailure(401, "missing_credential")
+    if len(raw) > MAX_CREDENTIAL:  # HAProxy cut it at MAX_CREDENTIAL + 1
+        return AuthFailure(401, "oversized_credential")
+    token = raw.strip()
+    if authorization is not None:
+        scheme, _, token = token.partition(" ")
+        if scheme.lower() != "bearer":
+            return AuthFailure(401, "malformed_credential")
+    return token.strip() or AuthFailure(401, "malformed_credential")
+
+
+def _header(args: Mapping[str, Value], key: str) -> str | None:
+    # HAProxy sends NULL for a header the request does not have, and BINARY
+    # once the `bytes()` converter has cut it (spoe-agent.conf).
+    value = args.get(key)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    ip: Value
+    method: str
+    host: str
+    path: str
+    user_agent: str
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Value]) -> Request:
+        return cls(args.get("ip"), _text(args, "method"), _text(args, "host"),
+                   _text(args, "path"), _text(args, "user_agent"))
+
+
 class RequestChecker:
-    def __init__(self, config: Config, log: Any) -> None:
+    def __init__(self, config: Config, authenticator: Authenticator | None, log: Any) -> None:
         self.routes = RouteTable(config.routes)
+        self.auth = authenticator
         self.log = log
 
-    def __call__(self, message: Message) -> Actions:
+    def __call__(self, message: Message) -> Actions | Any:
         args = message.args
-        method = _text(args, "method")
-        path = _text(args, "path")
-        decision = self.routes.decide(method, path)
+        request = Request.from_args(args)
+        if self.auth is None:
+            return self._decide(request, None)
+        token = credential(args)
+        if type(token) is AuthFailure:
+            return self._decide(request, token)
+        assert isinstance(token, str)
+        result = self.auth.quick(token)
+        if result is None:
+            return self._decide_later(request, token)
+        return self._decide(request, result)
+
+    async def _decide_later(self, request: Request, token: str) -> Actions:
+        assert self.auth is not None
+        return self._decide(request, await self.auth.verify_slow(token))
+
+    def _decide(self, request: Request, auth: Principal | AuthFailure | None) -> Actions:
+        if type(auth) is AuthFailure:
+            self._log_denial("auth_failed", request, auth.status, auth.reason, key_id=auth.key_id)
+            return decision_vars(Decision(False, auth.status, auth.reason))
+        decision = self.routes.decide(request.method, request.path)
+        principal = auth if type(auth) is Principal else None
+        if decision.allowed and principal is not None and principal.routes \
+                and decision.rule not in principal.routes:
+            decision = Decision(False, 403, "route_not_allowed_for_key", decision.rule)
         if not decision.allowed:
-            self.log.warning(
-                "policy_denied",
-                ip=args.get("ip"),
-                reason=decision.reason,
-                method=method,
-                host=_text(args, "host"),
-                path=path,
-                user_agent=_text(args, "user_agent"),
-                status=decision.status,
-            )
-        return decision_vars(decision)
+            self._log_denial("policy_denied", request, decision.status, decision.reason,
+                             rule=decision.rule, key_id=principal.id if principal else "",
+                             principal=principal.name if principal else "")
+        if principal is None:
+            return decision_vars(decision)
+        return decision_vars(decision) + principal_vars(principal)
+
+    def _log_denial(self, action: str, request: Request, status: int, reason: str,
+                    **extra: str) -> None:
+        self.log.warning(
+            action, ip=request.ip, reason=reason, method=request.method, host=request.host,
+            path=request.path, user_agent=request.user_agent, status=status,
+            **{key: value for key, value in extra.items() if value},
+        )
 
 
 def build_agent(config: Config, log: Any) -> Agent:
+    """The Agent with its check-request handler; Redis clients start with the loop."""
     agent = Agent()
-    agent.register(CHECK_REQUEST, RequestChecker(config, log))
+    settings = config.auth
+    authenticator: Authenticator | None = None
+    if settings.required:
+        verifier = VerifierPool(SecretHasher(settings.argon2), settings.argon2_workers)
+        authenticator = Authenticator(settings, None, verifier, log)
+        background: list[asyncio.Task[None]] = []
+
+        async def connect_redis() -> None:
+            # In the serving process's own loop (after --workers forks).
+            assert authenticator is not None
+            authenticator.lookup = KeyLookup(async_client(config.redis.url, config.redis.timeout))
+            events = async_client(config.redis.url, timeout=None)
+            background.append(asyncio.get_running_loop().create_task(
+                follow_changes(events, authenticator.key_changed, log)))
+
+        async def disconnect_redis() -> None:
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if authenticator is not None and authenticator.lookup is not None:
+                await authenticator.lookup.client.aclose()
+            verifier.close()
+
+        agent.startup.append(connect_redis)
+        agent.shutdown.append(disconnect_redis)
+    agent.register(CHECK_REQUEST, RequestChecker(config, authenticator, log))
     return agent

@@ -14,13 +14,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from spoa_agent.auth import Argon2Params, AuthSettings, JwtConfigError
+from spoa_agent.auth.jwt import load_issuer
+from spoa_agent.auth.keys import validate_prefix
 from spoa_agent.logging import LEVELS
 from spoa_agent.policy import Route, RouteError
 from spoa_agent.spop import DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE
+from spoa_agent.store.redis import DEFAULT_TIMEOUT, DEFAULT_URL
 
 ENV_CONFIG = "SPOA_AGENT_CONFIG"
 ENV_LISTEN = "SPOA_AGENT_LISTEN"
 ENV_LOG_FILE = "SPOA_AGENT_LOG_FILE"
+ENV_REDIS_URL = "SPOA_AGENT_REDIS_URL"
 
 
 class ConfigError(Exception):
@@ -62,9 +67,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str = DEFAULT_URL
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     routes: tuple[Route, ...] = ()
     source: str = "<defaults>"
 
@@ -81,18 +94,18 @@ def parse_listen(text: str) -> Listen:
     return Listen(host, port)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 def parse_seconds(value: object) -> float:
-    """A duration: a number of seconds or a string like "250ms", "5s", "2m"."""
+    """A duration: a number of seconds or a string like "250ms", "5s", "2m", "30d"."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
         seconds = float(match.group(1)) * _UNIT[match.group(2)]
     else:
-        raise ValueError(f"expected a duration like 5s or 250ms, got {value!r}")
+        raise ValueError(f"expected a duration like 250ms, 5s, 10m, 12h or 30d, got {value!r}")
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
     return seconds
@@ -173,6 +186,68 @@ def _log(reader: _Reader, data: Mapping[str, Any]) -> LogConfig:
     return LogConfig(level=level, file=file)
 
 
+def _redis(reader: _Reader, data: Mapping[str, Any]) -> RedisConfig:
+    reader.unknown(data, {"url", "timeout"}, "redis")
+    url = data.get("url", DEFAULT_URL)
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        reader.problem("redis.url", f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
+        url = DEFAULT_URL
+    return RedisConfig(url=url, timeout=reader.seconds(data, "timeout", "redis", DEFAULT_TIMEOUT))
+
+
+def _auth(reader: _Reader, data: Mapping[str, Any], jwt: Mapping[str, Any]) -> AuthSettings:
+    d = AuthSettings()
+    reader.unknown(data, {"required", "key_prefix", "cache_size", "cache_ttl", "failure_ttl",
+                          "argon2_workers", "argon2_max_pending", "argon2"}, "auth")
+    required = data.get("required", d.required)
+    if not isinstance(required, bool):
+        reader.problem("auth.required", "must be true or false")
+        required = True
+    prefix = data.get("key_prefix", d.key_prefix)
+    try:
+        validate_prefix(str(prefix))
+    except ValueError as err:
+        reader.problem("auth.key_prefix", str(err))
+        prefix = d.key_prefix
+    argon2 = reader.table(data, "argon2", "auth.argon2")
+    reader.unknown(argon2, {"time_cost", "memory_kib", "parallelism"}, "auth.argon2")
+    p = Argon2Params()
+    params = Argon2Params(
+        time_cost=reader.integer(argon2, "time_cost", "auth.argon2", p.time_cost, 1, 100),
+        memory_kib=reader.integer(argon2, "memory_kib", "auth.argon2", p.memory_kib, 8,
+                                  4 * 1024 * 1024),
+        parallelism=reader.integer(argon2, "parallelism", "auth.argon2", p.parallelism, 1, 64),
+    )
+    reader.unknown(jwt, {"issuers"}, "jwt")
+    issuers = []
+    raw_issuers = jwt.get("issuers", [])
+    for index, item in enumerate(raw_issuers if isinstance(raw_issuers, list) else []):
+        where = f"jwt.issuers[{index}]"
+        if not isinstance(item, dict):
+            reader.problem(where, "must be a table")
+            continue
+        reader.unknown(item, {"issuer", "algorithms", "audience", "pem_file", "jwks_file",
+                              "scopes_claim", "leeway"}, where)
+        try:
+            issuers.append(load_issuer(item))
+        except KeyError as err:
+            reader.problem(where, f"{err.args[0]} is required")
+        except (JwtConfigError, TypeError, ValueError) as err:
+            reader.problem(where, str(err))
+    return AuthSettings(
+        required=required,
+        key_prefix=str(prefix),
+        cache_size=reader.integer(data, "cache_size", "auth", d.cache_size, 1, 10_000_000),
+        cache_ttl=reader.seconds(data, "cache_ttl", "auth", d.cache_ttl),
+        failure_ttl=reader.seconds(data, "failure_ttl", "auth", d.failure_ttl),
+        argon2=params,
+        argon2_workers=reader.integer(data, "argon2_workers", "auth", d.argon2_workers, 1, 64),
+        argon2_max_pending=reader.integer(data, "argon2_max_pending", "auth",
+                                          d.argon2_max_pending, 1, 100_000),
+        issuers=tuple(issuers),
+    )
+
+
 def _routes(reader: _Reader, data: Any) -> tuple[Route, ...]:
     if not isinstance(data, list):
         reader.problem("routes", "must be an array of tables ([[routes]])")
@@ -201,10 +276,12 @@ def _routes(reader: _Reader, data: Any) -> tuple[Route, ...]:
 def parse_config(data: Mapping[str, Any], source: str) -> Config:
     problems: list[str] = []
     reader = _Reader(source, problems)
-    reader.unknown(data, {"server", "log", "routes"}, "")
+    reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "routes"}, "")
     config = Config(
         server=_server(reader, reader.table(data, "server", "server")),
         log=_log(reader, reader.table(data, "log", "log")),
+        redis=_redis(reader, reader.table(data, "redis", "redis")),
+        auth=_auth(reader, reader.table(data, "auth", "auth"), reader.table(data, "jwt", "jwt")),
         routes=_routes(reader, data.get("routes", [])),
         source=source,
     )
@@ -214,7 +291,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the file (if any), then apply SPOA_AGENT_LISTEN and SPOA_AGENT_LOG_FILE."""
+    """Read the file (if any), then apply SPOA_AGENT_LISTEN, SPOA_AGENT_REDIS_URL and
+    SPOA_AGENT_LOG_FILE."""
     env = os.environ if env is None else env
     if path is None:
         config = Config()
@@ -234,6 +312,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         except ValueError as err:
             raise ConfigError([f"{ENV_LISTEN}: {err}"]) from None
         config = replace(config, server=replace(config.server, listen=listen))
+    if env.get(ENV_REDIS_URL):
+        config = replace(config, redis=replace(config.redis, url=env[ENV_REDIS_URL]))
     if env.get(ENV_LOG_FILE):
         config = replace(config, log=replace(config.log, file=env[ENV_LOG_FILE]))
     return config

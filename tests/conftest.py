@@ -14,6 +14,16 @@ from tests.peer import Peer
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / "config" / "agent.example.toml"
 
+
+@pytest.fixture(scope="session")
+def policy_only_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example policy with API keys switched off: for protocol tests."""
+    path = tmp_path_factory.mktemp("config") / "policy-only.toml"
+    text = EXAMPLE_CONFIG.read_text()
+    assert "required = true" in text
+    path.write_text(text.replace("required = true", "required = false", 1))
+    return path
+
 HAPROXY = haproxy_binaries()
 
 
@@ -38,12 +48,23 @@ def gateway_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[tuple[Gateway, Process]]:
-    """A real `spoa-agent serve` process with the example policy."""
+def agent(tmp_path: Path, policy_only_config: Path) -> Iterator[tuple[Gateway, Process]]:
+    """A real `spoa-agent serve` process with the example policy, keys off."""
     gw = Gateway(tmp_path)
     try:
-        proc = gw.start_agent(EXAMPLE_CONFIG)
+        proc = gw.start_agent(policy_only_config)
         yield gw, proc
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def redis_gw(tmp_path: Path) -> Iterator[Gateway]:
+    """A Gateway with only its own Redis running (start the rest as needed)."""
+    gw = Gateway(tmp_path)
+    try:
+        gw.start_redis()
+        yield gw
     finally:
         gw.stop()
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from spoa_agent import logging as agent_logging
+from spoa_agent.cli.token import token
 from spoa_agent.config import ENV_CONFIG, Config, ConfigError, Listen, load_config, parse_listen
 from spoa_agent.policy import RouteTable
 
@@ -33,24 +35,40 @@ class ListenType(click.ParamType[Listen]):
 
 
 def _load(ctx: click.Context) -> Config:
-    try:
-        return load_config(ctx.obj["config_path"])
-    except ConfigError as err:
-        click.echo(f"spoa-agent: configuration error:\n{err}", err=True)
-        sys.exit(EXIT_USAGE)
+    return cast(Config, ctx.obj["load"]())
+
+
+def _loader(ctx: click.Context) -> Callable[[], Config]:
+    """Loads the config once, on first use, with --redis-url applied."""
+    loaded: list[Config] = []
+
+    def load() -> Config:
+        if not loaded:
+            try:
+                config = load_config(ctx.obj["config_path"])
+            except ConfigError as err:
+                click.echo(f"spoa-agent: configuration error:\n{err}", err=True)
+                sys.exit(EXIT_USAGE)
+            if ctx.obj["redis_url"]:
+                config = replace(config, redis=replace(config.redis, url=ctx.obj["redis_url"]))
+            loaded.append(config)
+        return loaded[0]
+
+    return load
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", envvar=ENV_CONFIG, type=click.Path(dir_okay=False),
               help=f"Agent configuration (TOML). Env: {ENV_CONFIG}.")
-@click.option("--redis-url", envvar="SPOA_AGENT_REDIS_URL", default="redis://127.0.0.1:6379/0",
-              show_default=True,
-              help="Redis for tokens and rate limits. Env: SPOA_AGENT_REDIS_URL.")
+@click.option("--redis-url", envvar="SPOA_AGENT_REDIS_URL", default=None,
+              help="Redis for tokens and rate limits (default: config, else "
+                   "redis://127.0.0.1:6379/0). Env: SPOA_AGENT_REDIS_URL.")
 @click.version_option(package_name="spoa-agent")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, redis_url: str) -> None:
+def cli(ctx: click.Context, config_path: str | None, redis_url: str | None) -> None:
     """Authentication and policy agent for HAProxy (SPOE)."""
     ctx.obj = {"config_path": config_path, "redis_url": redis_url}
+    ctx.obj["load"] = _loader(ctx)
 
 
 @cli.command()
@@ -146,6 +164,9 @@ def config_validate(ctx: click.Context, path: str | None) -> None:
             click.echo(problem, err=True)
         sys.exit(EXIT_USAGE)
     click.echo(f"{path}: OK ({len(config.routes)} routes)")
+
+
+cli.add_command(token)
 
 
 def main() -> None:

@@ -103,6 +103,7 @@ class Gateway:
     gateway_port: int = field(default_factory=free_port)
     agent_port: int = field(default_factory=free_port)
     upstream_port: int = field(default_factory=free_port)
+    redis_port: int = field(default_factory=free_port)
     processes: dict[str, Process] = field(default_factory=dict)
 
     @property
@@ -113,6 +114,25 @@ class Gateway:
     def stats_socket(self) -> Path:
         return self.workdir / "spoa-gateway.sock"
 
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def start_redis(self) -> Process:
+        """A throwaway Redis: no persistence, loopback only."""
+        proc = spawn("redis", [shutil.which("redis-server") or "/usr/bin/redis-server",
+                               "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no"], self.workdir)
+        wait_for_port(self.redis_port, proc.popen)
+        self.processes["redis"] = proc
+        return proc
+
+    def spoa_agent(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the CLI against this gateway's Redis."""
+        return subprocess.run([sys.executable, "-m", "spoa_agent", *args], capture_output=True,
+                              text=True, env={**os.environ, "SPOA_AGENT_REDIS_URL": self.redis_url},
+                              timeout=60)
+
     def start_upstream(self) -> Process:
         proc = spawn("upstream", [sys.executable, "-m", "spoa_agent.demo.upstream",
                                   "--listen", f"127.0.0.1:{self.upstream_port}"], self.workdir)
@@ -120,14 +140,14 @@ class Gateway:
         self.processes["upstream"] = proc
         return proc
 
-    def start_agent(self, config: Path, workers: int = 1,
-                    extra: list[str] | None = None) -> Process:
+    def start_agent(self, config: Path, workers: int = 1, port: int | None = None,
+                    name: str = "agent") -> Process:
+        port = port or self.agent_port
         argv = [sys.executable, "-m", "spoa_agent", "--config", str(config), "serve",
-                "--listen", f"127.0.0.1:{self.agent_port}", "--workers", str(workers),
-                *(extra or [])]
-        proc = spawn("agent", argv, self.workdir)
-        wait_for_port(self.agent_port, proc.popen)
-        self.processes["agent"] = proc
+                "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
+        proc = spawn(name, argv, self.workdir, env={"SPOA_AGENT_REDIS_URL": self.redis_url})
+        wait_for_port(port, proc.popen)
+        self.processes[name] = proc
         return proc
 
     def haproxy_env(self) -> dict[str, str]:
@@ -153,9 +173,10 @@ class Gateway:
 
 @contextlib.contextmanager
 def gateway(workdir: Path, haproxy: str, config: Path, workers: int = 1) -> Iterator[Gateway]:
-    """Upstream, agent, then HAProxy (so its first health check finds the agent)."""
+    """Redis, upstream, agent, then HAProxy (so its first health check finds the agent)."""
     gw = Gateway(workdir)
     try:
+        gw.start_redis()
         gw.start_upstream()
         gw.start_agent(config, workers)
         gw.start_haproxy(haproxy)

@@ -76,13 +76,19 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         pass  # the demo prints its own story; HAProxy logs every request
 
 
+class UpstreamServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # HAProxy closing an idle keep-alive connection is not news
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:11434")
     ns = parser.parse_args()
     host, _, port = ns.listen.rpartition(":")
-    server = ThreadingHTTPServer((host, int(port)), UpstreamHandler)
-    server.daemon_threads = True
+    server = UpstreamServer((host, int(port)), UpstreamHandler)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

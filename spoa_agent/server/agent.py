@@ -19,6 +19,9 @@ Handler = Callable[[Message], Actions | Awaitable[Actions]]
 class Agent:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
+        # Run in each serving process's event loop: clients, background tasks.
+        self.startup: list[Callable[[], Awaitable[None]]] = []
+        self.shutdown: list[Callable[[], Awaitable[None]]] = []
 
     def register(self, message_name: str, handler: Handler) -> None:
         if message_name in self.handlers:

@@ -30,6 +30,8 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    for hook in agent.startup:
+        await hook()
     connections: set[SpopProtocol] = set()
 
     def make_protocol() -> SpopProtocol:
@@ -55,6 +57,8 @@ async def serve(
         await _drain(connections, settings.drain_timeout)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        for hook in agent.shutdown:
+            await hook()
     log.info("agent_stopped")
 
 

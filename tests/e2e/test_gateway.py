@@ -3,43 +3,16 @@ a small upstream: decisions reach clients, health checks, fail closed."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
-from spoa_agent.demo.stack import HAPROXY_CFG, REPO, Gateway, gateway
-from tests.conftest import EXAMPLE_CONFIG, haproxy_params
-
-
-@pytest.fixture(params=haproxy_params())
-def haproxy(request: pytest.FixtureRequest) -> str:
-    if request.param is None:
-        pytest.fail(f"{request.node.callspec.id}: binary not installed (run `make test`)")
-    return str(request.param)
-
-
-@pytest.fixture
-def gw(haproxy: str, tmp_path: Path) -> Iterator[Gateway]:
-    with gateway(tmp_path, haproxy, EXAMPLE_CONFIG) as running:
-        yield running
-
-
-def request(gw: Gateway, method: str, path: str, headers: dict[str, str] | None = None,
-            body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", gw.gateway_port, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+from spoa_agent.demo.stack import HAPROXY_CFG, REPO, Gateway
+from tests.conftest import EXAMPLE_CONFIG
+from tests.e2e.client import bearer, request
 
 
 def stats(gw: Gateway) -> str:
@@ -67,33 +40,34 @@ def test_config_is_valid(haproxy: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_allowed_request_reaches_upstream_without_credentials(gw: Gateway) -> None:
+def test_allowed_request_reaches_upstream_without_credentials(gw: Gateway, key: str) -> None:
     status, headers, body = request(gw, "GET", "/api/tags", {
-        "Authorization": "Bearer sk-secret", "X-Api-Key": "sk-secret",
-        "X-Spoa-Principal": "forged"})
+        "Authorization": f"Bearer {key}", "X-Api-Key": key, "X-Spoa-Principal": "forged"})
     assert status == 200
+    # Who asked, as the agent decided: the client's forged value is replaced.
+    assert headers["x-upstream-principal"] == "e2e-client"
     assert json.loads(body)["models"][0]["name"] == "llama3.2:1b"
     seen = headers["x-upstream-saw"].split(",")
     assert "authorization" not in seen and "x-api-key" not in seen
-    assert "x-spoa-principal" not in seen  # a client cannot forge who it is
 
 
-def test_blocked_endpoint_gets_the_agents_403(gw: Gateway) -> None:
-    status, headers, body = request(gw, "POST", "/api/pull", body=b'{"model":"x"}')
+def test_blocked_endpoint_gets_the_agents_403(gw: Gateway, key: str) -> None:
+    status, headers, body = request(gw, "POST", "/api/pull", bearer(key), body=b'{"model":"x"}')
     assert status == 403
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"]["code"] == "forbidden"
     assert '"event.action":"policy_denied"' in gw.processes["agent"].log()
 
 
-def test_hundred_concurrent_requests_all_answered_correctly(gw: Gateway) -> None:
+def test_hundred_concurrent_requests_all_answered_correctly(gw: Gateway, key: str) -> None:
     cases = [("GET", "/api/tags", 200), ("POST", "/api/chat", 200), ("POST", "/api/pull", 403),
              ("GET", "/api/chat", 403), ("GET", "/v1/models/llama3.2:1b", 200)]
     work = [cases[i % len(cases)] for i in range(100)]
 
     def one(case: tuple[str, str, int]) -> bool:
         method, path, expected = case
-        return request(gw, method, path, body=b"{}" if method == "POST" else None)[0] == expected
+        body = b"{}" if method == "POST" else None
+        return request(gw, method, path, bearer(key), body)[0] == expected
 
     with ThreadPoolExecutor(max_workers=100) as pool:
         results = list(pool.map(one, work))
@@ -105,21 +79,21 @@ def test_health_checks_keep_the_agent_up(gw: Gateway) -> None:
     assert agent_status(gw) == "UP"
 
 
-def wait_for_status(gw: Gateway, expected: int, timeout: float) -> float:
+def wait_for_status(gw: Gateway, key: str, expected: int, timeout: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if request(gw, "GET", "/api/tags")[0] == expected:
+        if request(gw, "GET", "/api/tags", bearer(key))[0] == expected:
             return time.monotonic() - started
         time.sleep(0.1)
     raise AssertionError(f"no {expected} within {timeout}s")
 
 
-def test_agent_down_fails_closed_and_recovers(gw: Gateway) -> None:
-    assert request(gw, "GET", "/api/tags")[0] == 200
+def test_agent_down_fails_closed_and_recovers(gw: Gateway, key: str) -> None:
+    assert request(gw, "GET", "/api/tags", bearer(key))[0] == 200
     gw.processes["agent"].stop(sig=9)
     # Within SPOE's processing timeout (1s) plus slack: never the upstream.
-    status, _, body = request(gw, "GET", "/api/tags")
+    status, _, body = request(gw, "GET", "/api/tags", bearer(key))
     assert status == 503
     assert json.loads(body)["error"]["code"] == "agent_unavailable"
     gw.start_agent(EXAMPLE_CONFIG)
-    wait_for_status(gw, 200, timeout=10)
+    wait_for_status(gw, key, 200, timeout=10)

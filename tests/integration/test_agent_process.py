@@ -24,7 +24,6 @@ from spoa_agent.spop import (
     Status,
     encode_frame,
 )
-from tests.conftest import EXAMPLE_CONFIG
 from tests.peer import HELLO, Peer
 
 Agent = tuple[Gateway, Process]
@@ -158,9 +157,10 @@ def test_thousand_idle_and_half_open_connections(agent: Agent) -> None:
     assert proc.popen.poll() is None
 
 
-def test_connection_without_hello_is_closed_after_hello_timeout(tmp_path: Path) -> None:
+def test_connection_without_hello_is_closed_after_hello_timeout(
+        tmp_path: Path, policy_only_config: Path) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text(EXAMPLE_CONFIG.read_text().replace('hello_timeout = "5s"',
+    config.write_text(policy_only_config.read_text().replace('hello_timeout = "5s"',
                                                          'hello_timeout = "300ms"'))
     gw = Gateway(tmp_path)
     try:
@@ -183,10 +183,10 @@ def test_sigterm_drains_and_says_goodbye(agent: Agent) -> None:
         Peer(gw.agent_port)  # no longer accepting
 
 
-def test_workers_share_one_port(tmp_path: Path) -> None:
+def test_workers_share_one_port(tmp_path: Path, policy_only_config: Path) -> None:
     gw = Gateway(tmp_path)
     try:
-        proc = gw.start_agent(EXAMPLE_CONFIG, workers=2)
+        proc = gw.start_agent(policy_only_config, workers=2)
         deadline = time.monotonic() + 10
         children: list[str] = []
         while time.monotonic() < deadline and len(children) < 2:

@@ -102,12 +102,12 @@ def test_parse_listen_refuses(text: str) -> None:
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(2, 2.0), (0.5, 0.5), ("250ms", 0.25),
-                                                ("2m", 120.0), ("1h", 3600.0)])
+                                                ("2m", 120.0), ("1h", 3600.0), ("30d", 2592000.0)])
 def test_parse_seconds(value: object, seconds: float) -> None:
     assert parse_seconds(value) == seconds
 
 
-@pytest.mark.parametrize("value", [0, -1, "1d", "fast", True, None])
+@pytest.mark.parametrize("value", [0, -1, "1y", "30 days", "fast", True, None])
 def test_parse_seconds_refuses(value: object) -> None:
     with pytest.raises(ValueError):
         parse_seconds(value)

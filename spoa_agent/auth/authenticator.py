@@ -1,0 +1,191 @@
+"""From a credential to a Principal or an AuthFailure.
+
+`quick()` is the hot path and never waits: format and checksum checks, the
+cache of verified keys, the cache of recent failures, and JWTs (CPU only).
+When it returns None the key must be looked up in Redis and its secret
+checked with argon2id: `verify_slow()` does that once per key and cache
+lifetime, with concurrent requests for the same key sharing one check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis
+
+from spoa_agent.auth.cache import TtlLru
+from spoa_agent.auth.hashing import Argon2Params, VerifierPool
+from spoa_agent.auth.jwt import IssuerConfig, JwtVerifier
+from spoa_agent.auth.keys import KeyFormatError, looks_like_key, parse_key
+from spoa_agent.auth.principal import AuthFailure, Principal
+from spoa_agent.store.tokens import KeyLookup, KeyRecord
+
+# A credential longer than this is refused unread (HAProxy sends at most 4097
+# bytes of it, see spoe-agent.conf).
+MAX_CREDENTIAL = 4096
+# last_used_at is written at most this often per key and agent.
+TOUCH_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    required: bool = True
+    key_prefix: str = "spoa"
+    cache_size: int = 10_000
+    cache_ttl: float = 60.0
+    failure_ttl: float = 10.0
+    argon2: Argon2Params = field(default_factory=Argon2Params)
+    argon2_workers: int = 2
+    # Key checks (Redis lookup + argon2id) in progress past which a new one is
+    # refused at once (503): small enough that the queue drains well within
+    # handler_timeout, and a flood of made-up keys cannot flood Redis either.
+    argon2_max_pending: int = 16
+    issuers: tuple[IssuerConfig, ...] = ()
+
+
+def _digest(token: str) -> bytes:
+    # Caches are keyed by a digest, so clear secrets do not sit in memory.
+    return hashlib.blake2b(token.encode(), digest_size=16).digest()
+
+
+def principal_of(record: KeyRecord) -> Principal:
+    return Principal(
+        kind="api_key", id=record.key_id, name=record.name, scopes=frozenset(record.scopes),
+        routes=frozenset(record.routes), models=frozenset(record.models), rate=record.rate,
+        expires_at=record.expires_at,
+    )
+
+
+def _failure_of(record: KeyRecord | None, key_id: str, now: float) -> AuthFailure | None:
+    if record is None:
+        return AuthFailure(401, "unknown_key", key_id)
+    status = record.status(now)
+    if status != "active":
+        return AuthFailure(401, f"{status}_key", key_id)
+    return None
+
+
+class Authenticator:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        lookup: KeyLookup | None,
+        verifier: VerifierPool,
+        log: Any,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.lookup = lookup
+        self.verifier = verifier
+        self.jwt = JwtVerifier(settings.issuers)
+        self.log = log
+        self.clock = clock
+        self.verified: TtlLru[Principal] = TtlLru(settings.cache_size, settings.cache_ttl)
+        self.failures: TtlLru[AuthFailure] = TtlLru(settings.cache_size, settings.failure_ttl)
+        self._checking: dict[bytes, asyncio.Future[Principal | AuthFailure]] = {}
+        self._check_limit = settings.argon2_workers + settings.argon2_max_pending
+        self._touched: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def quick(self, token: str) -> Principal | AuthFailure | None:
+        if len(token) > MAX_CREDENTIAL or not token.isascii() or not token.isprintable():
+            return AuthFailure(401, "malformed_credential")
+        prefix = self.settings.key_prefix
+        if looks_like_key(token, prefix):
+            try:
+                parse_key(token, prefix)
+            except KeyFormatError as err:
+                return AuthFailure(401, err.reason)
+            now = self.clock()
+            digest = _digest(token)
+            principal = self.verified.get(digest, now)
+            if principal is not None:
+                if principal.expires_at is not None and now >= principal.expires_at:
+                    return AuthFailure(401, "expired_key", principal.id)
+                return principal
+            return self.failures.get(digest, now)
+        if token.count(".") == 2 and self.jwt:
+            return self.jwt.verify(token)
+        return AuthFailure(401, "malformed_credential")
+
+    async def verify_slow(self, token: str) -> Principal | AuthFailure:
+        """Redis lookup and argon2id for a well-formed key quick() had no answer for."""
+        digest = _digest(token)
+        running = self._checking.get(digest)
+        if running is not None:
+            return await asyncio.shield(running)
+        if len(self._checking) >= self._check_limit:
+            return AuthFailure(503, "auth_overloaded", parse_key(token, self.settings.key_prefix)
+                               .key_id)
+        future: asyncio.Future[Principal | AuthFailure] = (
+            asyncio.get_running_loop().create_future())
+        self._checking[digest] = future
+        try:
+            result = await self._check(token, digest)
+            future.set_result(result)
+            return result
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._checking[digest]
+
+    async def _check(self, token: str, digest: bytes) -> Principal | AuthFailure:
+        parsed = parse_key(token, self.settings.key_prefix)
+        if self.lookup is None:
+            return AuthFailure(503, "store_unavailable", parsed.key_id)
+        try:
+            record = await self.lookup.get(parsed.key_id)
+        except (redis.RedisError, OSError) as err:
+            self.log.error("store_error", error=str(err), key_id=parsed.key_id)
+            return AuthFailure(503, "store_unavailable", parsed.key_id)
+        now = self.clock()
+        failure = _failure_of(record, parsed.key_id, now)
+        if failure is None:
+            assert record is not None
+            principal = principal_of(record)
+            good = await self.verifier.verify(record.hash, parsed.secret)
+            if not good and record.prev_hash and now < (record.prev_hash_until or 0):
+                good = await self.verifier.verify(record.prev_hash, parsed.secret)
+                # The old secret of a rotated key: cached only until its grace ends.
+                until = min(record.prev_hash_until or now, principal.expires_at or math.inf)
+                principal = replace(principal, expires_at=until)
+            if good:
+                self.verified.put(digest, principal, self.clock())
+                self._touch(parsed.key_id, now)
+                return principal
+            failure = AuthFailure(401, "wrong_secret", parsed.key_id)
+        self.failures.put(digest, failure, self.clock())
+        return failure
+
+    def _touch(self, key_id: str, now: float) -> None:
+        if now - self._touched.get(key_id, 0.0) < TOUCH_EVERY or self.lookup is None:
+            return
+        self._touched[key_id] = now
+        task = asyncio.get_running_loop().create_task(self._touch_now(key_id, now))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _touch_now(self, key_id: str, now: float) -> None:
+        assert self.lookup is not None
+        try:
+            await self.lookup.touch(key_id, now)
+        except (redis.RedisError, OSError) as err:
+            self.log.warning("store_error", error=str(err), key_id=key_id)
+
+    def key_changed(self, key_id: str | None) -> None:
+        """A key was revoked, rotated or updated (None: maybe any key): forget it."""
+        if key_id is None:
+            self.verified.clear()
+            self.failures.clear()
+            return
+        dropped = self.verified.drop_where(lambda p: p.id == key_id)
+        dropped += self.failures.drop_where(lambda f: f.key_id == key_id)
+        self.log.debug("key_cache_dropped", key_id=key_id, entries=dropped)

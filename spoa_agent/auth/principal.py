@@ -1,0 +1,26 @@
+"""Who a request is: what authentication found, what the policy may use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: str  # "api_key" or "jwt"
+    id: str  # key id, or the JWT subject
+    name: str  # key name, or the JWT subject: passed upstream and logged
+    scopes: frozenset[str] = frozenset()
+    routes: frozenset[str] = frozenset()  # rule names this key may use; empty: any
+    models: frozenset[str] = frozenset()  # empty: any
+    rate: str | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """Authentication said no: HTTP status and the reason logged and returned."""
+
+    status: int
+    reason: str
+    key_id: str = ""

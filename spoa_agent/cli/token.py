@@ -1,0 +1,297 @@
+"""`spoa-agent token ...`: create, list, show, update, rotate, revoke, delete API keys.
+
+The secret is printed once, at create and rotate, and never stored: Redis
+holds only its argon2id hash. Errors are one line naming what is wrong (an
+unknown id, a bad duration, Redis unreachable at URL) and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import redis
+
+from spoa_agent.auth import SecretHasher
+from spoa_agent.auth.keys import (
+    KeyFormatError,
+    format_key,
+    looks_like_key,
+    new_key_id,
+    new_secret,
+    parse_key,
+)
+from spoa_agent.config import Config, parse_seconds
+from spoa_agent.store.redis import redacted, sync_client
+from spoa_agent.store.tokens import KeyRecord, TokenStore, UnknownKey
+
+EXIT_FAILED = 1
+_RATE = re.compile(r"[1-9]\d*/(\d*)(s|m|h|d)")
+
+
+class DurationType(click.ParamType[float]):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            return parse_seconds(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+class RateType(click.ParamType[str]):
+    name = "N/PERIOD"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if text.lower() == "none":
+            return "none"
+        if not _RATE.fullmatch(text):
+            self.fail(f"expected a rate like 60/m, 1000/h or 100/5m, got {text!r}", param, ctx)
+        return text
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"spoa-agent: {message}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@contextmanager
+def _store(ctx: click.Context) -> Iterator[TokenStore]:
+    config: Config = ctx.obj["load"]()
+    url = config.redis.url
+    client = sync_client(url)
+    try:
+        yield TokenStore(client)
+    except (redis.ConnectionError, redis.TimeoutError) as err:
+        _fail(f"cannot reach Redis at {redacted(url)}: {err}")
+    except redis.RedisError as err:
+        _fail(f"Redis at {redacted(url)} refused: {err}")
+    except UnknownKey as err:
+        _fail(f"no key with id {err.args[0]!r} (see `spoa-agent token list`)")
+    finally:
+        client.close()
+
+
+def _key_id(ctx: click.Context, value: str) -> str:
+    """An id, or a whole key pasted by mistake: both name the key."""
+    prefix = ctx.obj["load"]().auth.key_prefix
+    if looks_like_key(value, prefix):
+        try:
+            return parse_key(value, prefix).key_id
+        except KeyFormatError:
+            pass
+    if not re.fullmatch(r"[0-9A-Za-z]{12}", value):
+        raise click.BadParameter(f"{value!r} is not a key id (12 letters and digits)")
+    return value
+
+
+def _hasher(ctx: click.Context) -> SecretHasher:
+    return SecretHasher(ctx.obj["load"]().auth.argon2)
+
+
+def _print_secret(record: KeyRecord, token: str, fmt: str, verb: str, extra: str = "") -> None:
+    if fmt == "json":
+        click.echo(json.dumps({**record.public(time.time()), "token": token}))
+        return
+    click.echo(f"{verb} key {record.name!r} (id {record.key_id}){extra}.", err=True)
+    click.echo("The secret is shown only this once; store it now:\n", err=True)
+    click.echo(token)
+    click.echo("\nSend it as `Authorization: Bearer <key>` or `x-api-key: <key>`.", err=True)
+
+
+def _print_record(record: KeyRecord, fmt: str) -> None:
+    info = record.public(time.time())
+    if fmt == "json":
+        click.echo(json.dumps(info))
+        return
+    for label, value in [
+        ("id", info["id"]), ("name", info["name"]), ("status", info["status"]),
+        ("scopes", " ".join(record.scopes) or "-"), ("routes", " ".join(record.routes) or "any"),
+        ("models", " ".join(record.models) or "any"), ("rate", record.rate or "-"),
+        ("created", _when(record.created_at)), ("expires", _when(record.expires_at)),
+        ("revoked", _when(record.revoked_at)), ("last used", _when(record.last_used_at)),
+        ("old secret until", _when(record.prev_hash_until)),
+    ]:
+        click.echo(f"{label:>17}  {value}")
+
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                      show_default=True)
+
+
+def _restrictions(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--scope", "scopes", multiple=True, help="Scope granted (repeatable)."),
+        click.option("--route", "routes", multiple=True,
+                     help="Only these route rules (names from the config; repeatable)."),
+        click.option("--model", "models", multiple=True,
+                     help="Only these models (repeatable)."),
+        click.option("--rate", type=RateType(), default=None,
+                     help="Per-key rate limit, e.g. 60/m or 100/5m ('none' removes it)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+def token() -> None:
+    """Manage API keys (stored as argon2id hashes in Redis)."""
+
+
+@token.command()
+@click.option("--name", required=True, help="Who or what uses the key, e.g. laptop-aider.")
+@_restrictions
+@click.option("--expires", type=DurationType(), default=None, help="Lifetime, e.g. 30d or 12h.")
+@FORMAT
+@click.pass_context
+def create(ctx: click.Context, name: str, scopes: tuple[str, ...], routes: tuple[str, ...],
+           models: tuple[str, ...], rate: str | None, expires: float | None, fmt: str) -> None:
+    """Create a key and print its secret once."""
+    if not name.strip() or len(name) > 200 or not name.isprintable():
+        raise click.BadParameter("give a printable name of 1 to 200 characters",
+                                 param_hint="--name")
+    prefix = ctx.obj["load"]().auth.key_prefix
+    secret = new_secret()
+    hashed = _hasher(ctx).hash(secret)
+    now = time.time()
+    with _store(ctx) as store:
+        for _ in range(5):
+            record = KeyRecord(
+                key_id=new_key_id(), name=name.strip(), hash=hashed, scopes=scopes,
+                routes=routes, models=models, rate=None if rate in (None, "none") else rate,
+                created_at=now, expires_at=now + expires if expires else None,
+            )
+            if store.create(record):
+                break
+        else:
+            _fail("could not draw a free key id in 5 tries")
+    _print_secret(record, format_key(prefix, record.key_id, secret), fmt, "Created")
+
+
+@token.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("--status", type=click.Choice(["active", "revoked", "expired"]), default=None,
+              help="Only keys in this state.")
+@click.option("--name", "name_part", default=None, help="Only keys whose name contains this.")
+@click.pass_context
+def list_keys(ctx: click.Context, fmt: str, status: str | None, name_part: str | None) -> None:
+    """List keys (never their secrets)."""
+    now = time.time()
+    with _store(ctx) as store:
+        records = [r for r in store.list()
+                   if (status is None or r.status(now) == status)
+                   and (name_part is None or name_part.lower() in r.name.lower())]
+    if fmt == "json":
+        click.echo(json.dumps([r.public(now) for r in records]))
+        return
+    rows = [("ID", "NAME", "STATUS", "SCOPES", "RATE", "EXPIRES", "LAST USED")]
+    rows += [(r.key_id, r.name, r.status(now), ",".join(r.scopes) or "-", r.rate or "-",
+              _when(r.expires_at), _when(r.last_used_at)) for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                   .rstrip())
+    click.echo(f"{len(records)} key(s)", err=True)
+
+
+@token.command()
+@click.argument("key_id")
+@FORMAT
+@click.pass_context
+def show(ctx: click.Context, key_id: str, fmt: str) -> None:
+    """Show one key (never its secret)."""
+    with _store(ctx) as store:
+        record = store.get(_key_id(ctx, key_id))
+    _print_record(record, fmt)
+
+
+@token.command()
+@click.argument("key_id")
+@_restrictions
+@click.option("--expires", default=None, metavar="DURATION|never",
+              help="New lifetime from now (e.g. 30d), or 'never'.")
+@FORMAT
+@click.pass_context
+def update(ctx: click.Context, key_id: str, scopes: tuple[str, ...], routes: tuple[str, ...],
+           models: tuple[str, ...], rate: str | None, expires: str | None, fmt: str) -> None:
+    """Change a key's scopes, routes, models, rate or expiry; agents see it within a second."""
+    changes: dict[str, str | None] = {}
+    for name, values in (("scopes", scopes), ("routes", routes), ("models", models)):
+        if values:
+            changes[name] = json.dumps([] if values == ("none",) else list(values))
+    if rate is not None:
+        changes["rate"] = None if rate == "none" else rate
+    if expires is not None:
+        if expires == "never":
+            changes["expires_at"] = None
+        else:
+            try:
+                changes["expires_at"] = str(time.time() + parse_seconds(expires))
+            except ValueError as err:
+                raise click.BadParameter(str(err), param_hint="--expires") from None
+    if not changes:
+        raise click.UsageError("nothing to change: give --scope, --route, --model, --rate "
+                               "or --expires")
+    with _store(ctx) as store:
+        record = store.update(_key_id(ctx, key_id), changes)
+    _print_record(record, fmt)
+
+
+@token.command()
+@click.argument("key_id")
+@click.option("--grace", type=DurationType(), default=None,
+              help="Keep the old secret valid this long (e.g. 10m); default: not at all.")
+@FORMAT
+@click.pass_context
+def rotate(ctx: click.Context, key_id: str, grace: float | None, fmt: str) -> None:
+    """Give a key a new secret (same id, same settings) and print it once."""
+    key_id = _key_id(ctx, key_id)
+    secret = new_secret()
+    hashed = _hasher(ctx).hash(secret)
+    with _store(ctx) as store:
+        record = store.rotate(key_id, hashed, grace or 0.0, time.time())
+    extra = f"; the old secret works until {_when(record.prev_hash_until)}" if grace else ""
+    prefix = ctx.obj["load"]().auth.key_prefix
+    _print_secret(record, format_key(prefix, key_id, secret), fmt, "Rotated", extra)
+
+
+@token.command()
+@click.argument("key_id")
+@click.pass_context
+def revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key now; every agent refuses it within a second. The record stays."""
+    key_id = _key_id(ctx, key_id)
+    with _store(ctx) as store:
+        record = store.update(key_id, {"revoked_at": str(time.time())})
+    click.echo(f"Revoked key {record.name!r} (id {key_id}).")
+
+
+@token.command()
+@click.argument("key_id")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_context
+def delete(ctx: click.Context, key_id: str, yes: bool) -> None:
+    """Delete a key's record for good (revoke keeps it for the record)."""
+    key_id = _key_id(ctx, key_id)
+    if not yes:
+        click.confirm(f"Delete key {key_id} for good?", abort=True)
+    with _store(ctx) as store:
+        store.delete(key_id)
+    click.echo(f"Deleted key {key_id}.")

@@ -1,0 +1,1 @@
+"""Redis: the connection, and the token records every agent shares."""

@@ -1,0 +1,213 @@
+"""API key records in Redis, one hash per key id, and change announcements.
+
+    spoa:key:{<id>}   hash: name, hash (argon2id), scopes, routes, models, rate,
+                      created_at, expires_at, revoked_at, prev_hash,
+                      prev_hash_until, last_used_at
+    spoa:keys         set of key ids, for listing
+    spoa:key-events   pub/sub channel: a key id whenever its record changes
+
+Each change writes only the fields it owns (HSET per field), so the CLI and
+several agents working at once never overwrite each other's updates. The
+clear secret is never written: only its argon2id hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from typing import Any, cast
+
+import redis
+import redis.asyncio
+
+INDEX = "spoa:keys"
+CHANNEL = "spoa:key-events"
+_LIST_FIELDS = ("scopes", "routes", "models")
+_TIME_FIELDS = ("created_at", "expires_at", "revoked_at", "prev_hash_until", "last_used_at")
+TOUCH_SCRIPT = resources.files("spoa_agent.store").joinpath("touch.lua").read_text()
+
+
+def record_key(key_id: str) -> str:
+    # Hash tag: everything about one key lives in one Redis Cluster slot.
+    return f"spoa:key:{{{key_id}}}"
+
+
+class UnknownKey(LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    name: str
+    hash: str
+    scopes: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    rate: str | None = None
+    created_at: float = field(default_factory=time.time)
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    prev_hash: str | None = None
+    prev_hash_until: float | None = None
+    last_used_at: float | None = None
+
+    def to_fields(self) -> dict[Any, str]:  # Any: redis-py's mapping key type is a wide union
+        out: dict[Any, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "key_id" or value is None:
+                continue
+            out[f.name] = json.dumps(list(value)) if f.name in _LIST_FIELDS else str(value)
+        return out
+
+    @classmethod
+    def from_fields(cls, key_id: str, data: Mapping[str, str]) -> KeyRecord | None:
+        """None for a missing or half-written record (no name or hash yet)."""
+        if "hash" not in data or "name" not in data:
+            return None
+        kwargs: dict[str, Any] = {"key_id": key_id, "name": data["name"], "hash": data["hash"]}
+        for name in _LIST_FIELDS:
+            if name in data:
+                kwargs[name] = tuple(json.loads(data[name]))
+        for name in _TIME_FIELDS:
+            if name in data:
+                kwargs[name] = float(data[name])
+        for name in ("rate", "prev_hash"):
+            if name in data:
+                kwargs[name] = data[name]
+        return cls(**kwargs)
+
+    def status(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
+
+    def public(self, now: float) -> dict[str, Any]:
+        """What `token show/list` prints: everything but the hashes."""
+        return {
+            "id": self.key_id, "name": self.name, "status": self.status(now),
+            "scopes": list(self.scopes), "routes": list(self.routes), "models": list(self.models),
+            "rate": self.rate, "created_at": self.created_at, "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at, "last_used_at": self.last_used_at,
+            "previous_secret_valid_until": self.prev_hash_until,
+        }
+
+
+class TokenStore:
+    """Blocking access for the CLI."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def create(self, record: KeyRecord) -> bool:
+        """Store a new record; False if its id is taken (the caller draws another)."""
+        key = record_key(record.key_id)
+        if not self.client.hsetnx(key, "hash", record.hash):
+            return False
+        self.client.hset(key, mapping=record.to_fields())
+        self.client.sadd(INDEX, record.key_id)
+        return True
+
+    def get(self, key_id: str) -> KeyRecord:
+        record = KeyRecord.from_fields(key_id, cast(dict[str, str],
+                                                    self.client.hgetall(record_key(key_id))))
+        if record is None:
+            raise UnknownKey(key_id)
+        return record
+
+    def list(self) -> list[KeyRecord]:
+        ids = sorted(cast(set[str], self.client.smembers(INDEX)))
+        pipe = self.client.pipeline(transaction=False)
+        for key_id in ids:
+            pipe.hgetall(record_key(key_id))
+        records = (KeyRecord.from_fields(k, d) for k, d in zip(ids, pipe.execute(), strict=True))
+        return [r for r in records if r is not None]
+
+    def update(self, key_id: str, changes: Mapping[str, str | None]) -> KeyRecord:
+        """Set (or, with None, remove) fields of an existing key, then announce it."""
+        self.get(key_id)
+        key = record_key(key_id)
+        to_set: dict[Any, str] = {
+            name: value for name, value in changes.items() if value is not None}
+        to_delete = [name for name, value in changes.items() if value is None]
+        pipe = self.client.pipeline(transaction=True)
+        if to_set:
+            pipe.hset(key, mapping=to_set)
+        if to_delete:
+            pipe.hdel(key, *to_delete)
+        pipe.execute()
+        self.client.publish(CHANNEL, key_id)
+        return self.get(key_id)
+
+    def rotate(self, key_id: str, new_hash: str, grace: float, now: float) -> KeyRecord:
+        """New secret, same id; the old one stays valid for `grace` seconds."""
+        key = record_key(key_id)
+
+        def swap(pipe: Any) -> None:
+            old = pipe.hget(key, "hash")
+            if old is None:
+                raise UnknownKey(key_id)
+            pipe.multi()
+            pipe.hset(key, mapping={"hash": new_hash, "prev_hash": old,
+                                    "prev_hash_until": str(now + grace)})
+            if grace <= 0:
+                pipe.hdel(key, "prev_hash", "prev_hash_until")
+
+        self.client.transaction(swap, key)
+        self.client.publish(CHANNEL, key_id)
+        return self.get(key_id)
+
+    def delete(self, key_id: str) -> None:
+        self.get(key_id)
+        self.client.delete(record_key(key_id))
+        self.client.srem(INDEX, key_id)
+        self.client.publish(CHANNEL, key_id)
+
+
+class KeyLookup:
+    """What the agent needs on the request path: read a record, note its use."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._touch = client.register_script(TOUCH_SCRIPT)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        data = await cast(Awaitable[dict[str, str]], self.client.hgetall(record_key(key_id)))
+        return KeyRecord.from_fields(key_id, data)
+
+    async def touch(self, key_id: str, now: float) -> None:
+        await self._touch(keys=[record_key(key_id)], args=[str(now)])
+
+
+async def follow_changes(
+    client: redis.asyncio.Redis,
+    on_change: Callable[[str | None], None],
+    log: Any,
+    retry_every: float = 1.0,
+) -> None:
+    """Call on_change(key_id) for every announced change, for ever.
+
+    `client` must have no socket timeout: a quiet channel is not an error.
+
+    on_change(None) means "forget everything": called on each (re)subscription,
+    since announcements made while we were not listening are lost.
+    """
+    while True:
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                on_change(None)
+                log.info("key_events_subscribed")
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        on_change(str(message["data"]))
+        except (redis.RedisError, OSError) as err:
+            log.warning("key_events_lost", error=str(err))
+        await asyncio.sleep(retry_every)

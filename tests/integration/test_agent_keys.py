@@ -1,0 +1,192 @@
+"""API keys through real agent processes and a real Redis: caching,
+revocation across agents, rotation, expiry, floods, concurrency, no clear
+secrets in Redis. The peer speaks raw SPOP as HAProxy would."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from spoa_agent.auth.keys import format_key, new_secret, parse_key
+from spoa_agent.demo.stack import Gateway, free_port
+from spoa_agent.spop import Ack, SetVar
+from spoa_agent.store.redis import sync_client
+from tests.conftest import EXAMPLE_CONFIG
+from tests.peer import Peer
+
+
+def create(gw: Gateway, *args: str) -> dict[str, str]:
+    result = gw.spoa_agent("token", "create", "--format", "json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def answer(peer: Peer, stream: int, token: str | None) -> dict[str, object]:
+    args: dict[str, object] = {"method": "GET", "path": "/api/tags", "ip": None}
+    if token is not None:
+        args["authorization"] = f"Bearer {token}"
+    peer.notify(stream, **args)
+    ack = peer.read()
+    assert isinstance(ack, Ack)
+    return {a.name: a.value for a in ack.actions if isinstance(a, SetVar)}
+
+
+@pytest.fixture
+def two_agents(redis_gw: Gateway) -> Iterator[tuple[Gateway, Peer, Peer]]:
+    second = free_port()
+    redis_gw.start_agent(EXAMPLE_CONFIG)
+    redis_gw.start_agent(EXAMPLE_CONFIG, port=second, name="agent-b")
+    a, b = Peer(redis_gw.agent_port), Peer(second)
+    a.hello()
+    b.hello()
+    yield redis_gw, a, b
+
+
+def test_valid_key_then_cached(two_agents: tuple[Gateway, Peer, Peer]) -> None:
+    gw, a, _ = two_agents
+    key = create(gw, "--name", "laptop")
+    first = answer(a, 1, key["token"])
+    assert first["decision"] == "allow" and first["principal"] == "laptop"
+    assert first["principal_id"] == key["id"]
+    started = time.perf_counter()
+    assert answer(a, 2, key["token"])["decision"] == "allow"
+    assert time.perf_counter() - started < 0.05  # cached: no argon2 (tens of ms) this time
+
+
+def test_every_bad_credential_is_refused_with_its_reason(
+        two_agents: tuple[Gateway, Peer, Peer]) -> None:
+    gw, a, _ = two_agents
+    key = create(gw, "--name", "k")
+    parsed = parse_key(key["token"], "spoa")
+    expired = create(gw, "--name", "short", "--expires", "1s")
+    revoked = create(gw, "--name", "gone")
+    assert gw.spoa_agent("token", "revoke", revoked["id"]).returncode == 0
+    time.sleep(1.2)
+    cases = [
+        (None, "missing_credential"),
+        (format_key("spoa", parsed.key_id, new_secret()), "wrong_secret"),
+        (format_key("spoa", "ZZZZZZZZZZZZ", new_secret()), "unknown_key"),
+        (key["token"][:-1] + ("0" if key["token"][-1] != "0" else "1"), "bad_checksum"),
+        (expired["token"], "expired_key"),
+        (revoked["token"], "revoked_key"),
+        ("hello", "malformed_credential"),
+        ("spoa_" + "x" * 30, "malformed_key"),
+        ("spoa_" + "x" * 5000, "oversized_credential"),
+        ("spoa_\udce9" + key["token"][6:], "malformed_credential"),  # non-ASCII byte
+    ]
+    for stream, (token, reason) in enumerate(cases):
+        got = answer(a, stream, token)
+        assert (got["decision"], got["status"], got["reason"]) == ("deny", 401, reason), reason
+    log = gw.processes["agent"].log()
+    for token, _ in cases:
+        if token:
+            assert token not in log  # secrets never reach a log
+
+
+def test_revocation_reaches_the_other_agent_within_a_second(
+        two_agents: tuple[Gateway, Peer, Peer]) -> None:
+    gw, a, b = two_agents
+    key = create(gw, "--name", "to-revoke")
+    assert answer(a, 1, key["token"])["decision"] == "allow"
+    assert answer(b, 1, key["token"])["decision"] == "allow"  # cached in agent B now
+    revoke = gw.spoa_agent("token", "revoke", key["id"])
+    revoked_at = time.monotonic()
+    assert revoke.returncode == 0
+    stream = 2
+    while answer(b, stream, key["token"])["decision"] == "allow":
+        assert time.monotonic() - revoked_at < 1.0, "agent B still accepts a revoked key"
+        stream += 1
+        time.sleep(0.01)
+    took = time.monotonic() - revoked_at
+    assert took < 1.0
+    print(f"revocation seen by the other agent after at most {took * 1000:.0f} ms")
+
+
+def test_rotation_keeps_old_secret_for_the_grace_period(
+        two_agents: tuple[Gateway, Peer, Peer]) -> None:
+    gw, a, _ = two_agents
+    key = create(gw, "--name", "rotating")
+    assert answer(a, 1, key["token"])["decision"] == "allow"
+    result = gw.spoa_agent("token", "rotate", key["id"], "--grace", "2s", "--format", "json")
+    new = json.loads(result.stdout)
+    assert new["id"] == key["id"]
+    time.sleep(0.2)
+    assert answer(a, 2, new["token"])["decision"] == "allow"
+    assert answer(a, 3, key["token"])["decision"] == "allow"  # within grace
+    time.sleep(2.2)
+    assert answer(a, 4, key["token"])["reason"] == "expired_key"
+    assert answer(a, 5, new["token"])["decision"] == "allow"
+
+
+def test_flood_of_wrong_secrets_does_not_stall_a_valid_key(
+        two_agents: tuple[Gateway, Peer, Peer]) -> None:
+    gw, a, b = two_agents
+    key = create(gw, "--name", "victim")
+    key_id = parse_key(key["token"], "spoa").key_id
+    assert answer(b, 1, key["token"])["decision"] == "allow"
+    # 300 distinct wrong secrets for a real key id: each needs argon2id.
+    for stream in range(100, 400):
+        a.notify(stream, method="GET", path="/api/tags",
+                 authorization=f"Bearer {format_key('spoa', key_id, new_secret())}")
+    started = time.perf_counter()
+    assert answer(b, 2, key["token"])["decision"] == "allow"
+    on_other_connection = time.perf_counter() - started
+    reasons = [a.read() for _ in range(300)]
+    refused = [{x.name: x.value for x in r.actions if isinstance(x, SetVar)}["reason"]
+               for r in reasons if isinstance(r, Ack)]
+    assert set(refused) <= {"wrong_secret", "auth_overloaded"}
+    assert "auth_overloaded" in refused  # the queue is bounded, the excess refused at once
+    assert on_other_connection < 0.1
+    print(f"valid cached key answered in {on_other_connection * 1000:.1f} ms during the flood")
+
+
+def test_no_secret_in_clear_anywhere_in_redis(two_agents: tuple[Gateway, Peer, Peer]) -> None:
+    gw, a, _ = two_agents
+    keys = [create(gw, "--name", f"k{i}") for i in range(3)]
+    rotated = json.loads(gw.spoa_agent("token", "rotate", keys[0]["id"], "--grace", "1m",
+                                       "--format", "json").stdout)
+    for stream, key in enumerate([*keys, rotated]):
+        assert answer(a, stream, key["token"])["decision"] == "allow"
+    secrets = [parse_key(k["token"], "spoa").secret for k in [*keys, rotated]]
+    client = sync_client(gw.redis_url)
+    dump = []
+    for name in client.scan_iter("*"):
+        kind = client.type(name)
+        value = {"hash": client.hgetall, "set": client.smembers, "string": client.get}[kind](name)
+        dump.append(f"{name} {value}")
+    text = "\n".join(dump)
+    assert len(dump) == 4  # 3 records (rotation keeps the id) + the index
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_two_agents_and_the_cli_at_once_lose_no_update(
+        two_agents: tuple[Gateway, Peer, Peer], tmp_path: Path) -> None:
+    gw, a, b = two_agents
+    keys = [create(gw, "--name", f"busy{i}") for i in range(6)]
+
+    def traffic(peer: Peer) -> None:
+        for round_ in range(5):
+            for i, key in enumerate(keys):
+                assert answer(peer, round_ * 100 + i, key["token"])["decision"] == "allow"
+
+    def cli(key: dict[str, str]) -> None:
+        for args in (["--scope", "chat"], ["--rate", "5/s"], ["--model", "llama3"]):
+            assert gw.spoa_agent("token", "update", key["id"], *args).returncode == 0
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        jobs = [pool.submit(traffic, a), pool.submit(traffic, b)]
+        jobs += [pool.submit(cli, key) for key in keys]
+        for job in jobs:
+            job.result()
+    for key in keys:
+        shown = json.loads(gw.spoa_agent("token", "show", key["id"], "--format", "json").stdout)
+        assert (shown["scopes"], shown["rate"], shown["models"]) == (["chat"], "5/s", ["llama3"])
+        assert shown["name"] == key["name"] and shown["status"] == "active"
+        assert shown["last_used_at"] is not None  # the agents' writes landed too
+        assert answer(a, 999, key["token"])["decision"] == "allow"
