@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import structlog
 
 from spoa_agent.auth import Authenticator, AuthFailure, Principal, VerifierPool
 from spoa_agent.auth.authenticator import MAX_CREDENTIAL
@@ -99,7 +102,7 @@ class RequestChecker:
         self.auth = authenticator
         self.log = log
 
-    def __call__(self, message: Message) -> Actions | Any:
+    def __call__(self, message: Message) -> Actions | Awaitable[Actions]:
         args = message.args
         request = Request.from_args(args)
         if self.auth is None:
@@ -174,3 +177,46 @@ def build_agent(config: Config, log: Any) -> Agent:
         agent.shutdown.append(disconnect_redis)
     agent.register(CHECK_REQUEST, RequestChecker(config, authenticator, log))
     return agent
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    allowed: bool
+    status: int
+    reason: str
+    rule: str
+    principal: str | None
+
+
+def explain(config: Config, method: str, path: str, host: str, ip: str,
+            token: str | None) -> CheckResult:
+    """What the agent would answer for this request (`spoa-agent check`).
+
+    The same RequestChecker as in `serve`; without a token, as any valid key.
+    """
+    args: dict[str, Value] = {"method": method, "path": path, "host": host,
+                              "ip": ipaddress.ip_address(ip), "user_agent": "spoa-agent check"}
+    quiet = structlog.wrap_logger(structlog.ReturnLogger())
+
+    async def run() -> Actions:
+        authenticator = None
+        if token is not None:
+            args["authorization"] = f"Bearer {token}"
+            settings = config.auth
+            lookup = KeyLookup(async_client(config.redis.url, max(config.redis.timeout, 2.0)))
+            verifier = VerifierPool(SecretHasher(settings.argon2), 1)
+            authenticator = Authenticator(settings, lookup, verifier, quiet)
+        result = RequestChecker(config, authenticator, quiet)(Message(CHECK_REQUEST, args))
+        try:
+            return result if isinstance(result, Sequence) else await result
+        finally:
+            if authenticator is not None and authenticator.lookup is not None:
+                await authenticator.lookup.client.aclose()
+                authenticator.verifier.close()
+
+    answer = {action.name: action.value for action in asyncio.run(run())
+              if isinstance(action, SetVar)}
+    principal = answer.get("principal")
+    return CheckResult(answer["decision"] == "allow", int(str(answer["status"])),
+                       str(answer["reason"]), str(answer["rule"]),
+                       principal if isinstance(principal, str) else None)

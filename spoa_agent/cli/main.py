@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, cast
 
 import click
@@ -13,7 +13,6 @@ import click
 from spoa_agent import logging as agent_logging
 from spoa_agent.cli.token import token
 from spoa_agent.config import ENV_CONFIG, Config, ConfigError, Listen, load_config, parse_listen
-from spoa_agent.policy import RouteTable
 
 # Exit codes scripts rely on (`check`): 0 allowed, 1 denied, 2 usage/config error.
 EXIT_DENIED = 1
@@ -119,7 +118,8 @@ def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
 @click.option("--method", required=True, help="HTTP method, e.g. POST.")
 @click.option("--path", required=True, help="Request path, e.g. /api/chat.")
 @click.option("--host", default="", help="Host header.")
-@click.option("--token", default=None, help="Bearer token (checked once tokens exist).")
+@click.option("--token", default=None,
+              help="Check as this API key or JWT (looked up in Redis); default: any valid key.")
 @click.option("--ip", default="127.0.0.1", show_default=True, help="Client address.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
@@ -130,18 +130,22 @@ def check(ctx: click.Context, method: str, path: str, host: str, token: str | No
 
     Exits 0 when allowed, 1 when denied, 2 on a usage or configuration error.
     """
+    from spoa_agent.app import explain
+
     config = _load(ctx)
-    decision = RouteTable(config.routes).decide(method.upper(), path)
+    try:
+        answer = explain(config, method.upper(), path, host, ip, token)
+    except ValueError as err:  # a bad --ip
+        raise click.BadParameter(str(err), param_hint="--ip") from None
     if fmt == "json":
-        click.echo(json.dumps({
-            "allowed": decision.allowed, "status": decision.status,
-            "reason": decision.reason, "rule": decision.rule,
-        }))
+        click.echo(json.dumps(asdict(answer)))
     else:
-        verdict = "ALLOW" if decision.allowed else f"DENY {decision.status}"
-        rule = f" (rule: {decision.rule})" if decision.rule else ""
-        click.echo(f"{verdict} {method.upper()} {path}: {decision.reason}{rule}")
-    sys.exit(0 if decision.allowed else EXIT_DENIED)
+        verdict = "ALLOW" if answer.allowed else f"DENY {answer.status}"
+        rule = f" (rule: {answer.rule})" if answer.rule else ""
+        who = f" as {answer.principal}" if answer.principal else (
+            "" if token else " as any valid key")
+        click.echo(f"{verdict} {method.upper()} {path}{who}: {answer.reason}{rule}")
+    sys.exit(0 if answer.allowed else EXIT_DENIED)
 
 
 @cli.group("config")

@@ -88,3 +88,19 @@ def test_redis_unreachable_names_the_url_without_a_traceback() -> None:
     assert result.returncode == 1
     assert f"cannot reach Redis at redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}" in result.stderr
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
+def test_check_with_a_real_token(redis_gw: Gateway) -> None:
+    from tests.conftest import EXAMPLE_CONFIG
+
+    created = json.loads(ok(redis_gw, "create", "--name", "laptop", "--format", "json"))
+    base = ["--config", str(EXAMPLE_CONFIG), "check", "--method", "POST", "--path", "/api/chat"]
+    allowed = redis_gw.spoa_agent(*base, "--token", created["token"])
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout.startswith("ALLOW POST /api/chat as laptop: allowed (rule: ollama-chat)")
+    ok(redis_gw, "revoke", created["id"])
+    refused = redis_gw.spoa_agent(*base, "--token", created["token"], "--format", "json")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["reason"] == "revoked_key"
+    anyone = redis_gw.spoa_agent(*base)
+    assert anyone.returncode == 0 and "as any valid key" in anyone.stdout

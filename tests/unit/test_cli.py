@@ -26,7 +26,7 @@ def test_check_denied_exits_1_and_says_why() -> None:
                        "--format", "json")
     assert code == 1
     assert json.loads(out) == {"allowed": False, "status": 403, "reason": "route_not_allowed",
-                               "rule": ""}
+                               "rule": "", "principal": None}
 
 
 def test_check_with_bad_config_exits_2(tmp_path: Path) -> None:
