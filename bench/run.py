@@ -35,6 +35,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, NoReturn
 
+import structlog
+
+from spoa_agent.auth import Authenticator, AuthSettings, Principal, SecretHasher, VerifierPool
+from spoa_agent.auth.authenticator import principal_of, token_digest
+from spoa_agent.auth.keys import format_key, new_key_id, new_secret
 from spoa_agent.demo.stack import REPO, Gateway, haproxy_binaries, haproxy_version
 from spoa_agent.spop import (
     NEED_DATA,
@@ -46,6 +51,7 @@ from spoa_agent.spop import (
     SetVar,
     encode_frame,
 )
+from spoa_agent.store.tokens import KeyRecord
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -112,6 +118,30 @@ def bench_encode(count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def bench_keys(count: int) -> tuple[float, float]:
+    """API keys verified per second: from the agent's cache, and cold with argon2id."""
+    hasher = SecretHasher()
+    key_id, secret = new_key_id(), new_secret()
+    token = format_key("spoa", key_id, secret)
+    auth = Authenticator(AuthSettings(), None, VerifierPool(hasher, 1),
+                         structlog.wrap_logger(structlog.ReturnLogger()))
+    record = KeyRecord(key_id=key_id, name="bench", hash=hasher.hash(secret))
+    auth.verified.put(token_digest(token), principal_of(record), time.time())
+    quick = auth.quick
+    start = time.perf_counter()
+    for _ in range(count):
+        quick(token)
+    cached = count / (time.perf_counter() - start)
+    assert isinstance(quick(token), Principal)
+    rounds = 20
+    start = time.perf_counter()
+    for _ in range(rounds):
+        assert hasher.verify(record.hash, secret)
+    cold = rounds / (time.perf_counter() - start)
+    auth.verifier.close()
+    return cached, cold
+
+
 # --- wrk --------------------------------------------------------------------
 
 
@@ -153,33 +183,39 @@ def parse_wrk(name: str, out: str) -> Row:
     )
 
 
-def wrk_argv(url: str, duration: int, connections: int) -> list[str]:
-    return ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration}s", "--latency", url]
+def wrk_argv(url: str, duration: int, connections: int,
+             headers: dict[str, str] | None = None) -> list[str]:
+    extra = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
+    return ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration}s", "--latency",
+            *extra, url]
 
 
-def run_wrk(name: str, url: str, duration: int, connections: int) -> Row:
-    out = subprocess.run(wrk_argv(url, duration, connections), capture_output=True, text=True,
-                         check=True, timeout=duration + 30).stdout
+def run_wrk(name: str, url: str, duration: int, connections: int,
+            headers: dict[str, str] | None = None) -> Row:
+    out = subprocess.run(wrk_argv(url, duration, connections, headers), capture_output=True,
+                         text=True, check=True, timeout=duration + 30).stdout
     return parse_wrk(name, out)
 
 
 # --- the gateway ------------------------------------------------------------
 
 
-def status_of(url: str) -> int:
+def status_of(url: str, headers: dict[str, str]) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=5) as response:
             return int(response.status)
     except urllib.error.HTTPError as err:
         return err.code
 
 
-def expect_status(url: str, expected: int, timeout: float = 10.0) -> None:
+def expect_status(url: str, expected: int, headers: dict[str, str],
+                  timeout: float = 10.0) -> None:
     """Wait until `url` answers `expected` (the first SPOE connection takes a moment)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            got: int | str = status_of(url)
+            got: int | str = status_of(url, headers)
         except OSError as err:
             got = str(err)
         if got == expected:
@@ -189,21 +225,44 @@ def expect_status(url: str, expected: int, timeout: float = 10.0) -> None:
         time.sleep(0.2)
 
 
-def bench_gateway(name: str, haproxy: str, workdir: Path, duration: int, connections: int,
-                  agent_workers: int | None) -> Row:
-    """One wrk row; agent_workers None means HAProxy alone (the ceiling)."""
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    workers: int | None = None  # None: HAProxy alone (the ceiling)
+    api_key: bool = False  # False: keys off, the agent only matches routes (trivial handler)
+
+
+def policy_only_config(workdir: Path) -> Path:
+    path = workdir / "policy-only.toml"
+    path.write_text(AGENT_CONFIG.read_text().replace("required = true", "required = false", 1))
+    return path
+
+
+def bench_gateway(plan: Plan, haproxy: str, workdir: Path, duration: int,
+                  connections: int) -> Row:
+    """One wrk row, with its own Redis, agent and HAProxy."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     gateway = Gateway(workdir)
+    headers: dict[str, str] = {}
     try:
-        if agent_workers is None:
+        if plan.workers is None:
             gateway.start_haproxy(haproxy, CEILING_CFG)
         else:
-            gateway.start_agent(AGENT_CONFIG, agent_workers)  # before HAProxy's first check
+            config = AGENT_CONFIG
+            if plan.api_key:
+                gateway.start_redis()
+                created = gateway.spoa_agent("token", "create", "--name", "bench",
+                                             "--format", "json")
+                headers = {"Authorization": f"Bearer {json.loads(created.stdout)['token']}"}
+            else:
+                config = policy_only_config(workdir)
+            gateway.start_agent(config, plan.workers)  # before HAProxy's first check
             gateway.start_haproxy(haproxy, SPOE_CFG)
-            expect_status(gateway.url + DENIED_PATH, 403)
-        expect_status(gateway.url + ALLOWED_PATH, 200)
-        row = run_wrk(name, gateway.url + ALLOWED_PATH, duration, connections)
+            expect_status(gateway.url + DENIED_PATH, 403, headers)
+        # The first allowed request pays argon2id once; wrk then hits the cache.
+        expect_status(gateway.url + ALLOWED_PATH, 200, headers)
+        row = run_wrk(plan.name, gateway.url + ALLOWED_PATH, duration, connections, headers)
         for proc in gateway.processes.values():
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"{proc.name} exited during the run; see {proc.log_path}")
@@ -262,23 +321,26 @@ def main(argv: list[str] | None = None) -> int:
     encode_rate = bench_encode(args.count)
     print(f"  NOTIFY decoded: {decode_rate:,.0f}/s (AgentConnection, {BATCH} frames per read)")
     print(f"  ACK encoded:    {encode_rate:,.0f}/s (4 SetVar)")
+    cached_rate, cold_rate = bench_keys(args.count)
+    print(f"keys verified: {cached_rate:,.0f}/s cached (Authenticator.quick), "
+          f"{cold_rate:,.1f}/s cold (argon2id, one thread)")
 
     wrk = " ".join(wrk_argv(f"http://127.0.0.1:PORT{ALLOWED_PATH}", args.duration,
                             args.connections))
     print(f"\nHAProxy {version} ({haproxy}), {cpus} CPUs shared by wrk, HAProxy and the agent;"
           f" load average before the run: {load:.2f}")
     print(f"load per row: {wrk}", flush=True)
-    plan: list[tuple[str, int | None]] = [
-        ("haproxy answers itself", None),
-        ("haproxy + SPOE + agent (1 worker)", 1),
-        ("haproxy + SPOE + agent (2 workers)", 2),
+    plans = [
+        Plan("haproxy answers itself"),
+        Plan("SPOE + agent, trivial handler (routes only)", workers=1),
+        Plan("SPOE + agent, cached API key + route, 1 worker", workers=1, api_key=True),
+        Plan("SPOE + agent, cached API key + route, 2 workers", workers=2, api_key=True),
     ]
     rows = []
-    for index, (name, workers) in enumerate(plan):
-        print(f"  {name} ...", flush=True)
+    for index, plan in enumerate(plans):
+        print(f"  {plan.name} ...", flush=True)
         workdir = RESULTS / "logs" / f"row{index}"
-        rows.append(bench_gateway(name, haproxy, workdir, args.duration, args.connections,
-                                  workers))
+        rows.append(bench_gateway(plan, haproxy, workdir, args.duration, args.connections))
     ceiling = rows[0].requests_per_s
     for row in rows:
         row.ratio = row.requests_per_s / ceiling if ceiling else 0.0
@@ -292,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                     "haproxy_binary": haproxy},
         "codec": {"frames": args.count, "notify_decoded_per_s": decode_rate,
                   "ack_encoded_per_s": encode_rate, "notify_batch": BATCH},
+        "keys": {"cached_per_s": cached_rate, "argon2id_per_s": cold_rate},
         "wrk": wrk,
         "rows": [asdict(row) for row in rows],
     }

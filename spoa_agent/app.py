@@ -104,41 +104,41 @@ class RequestChecker:
 
     def __call__(self, message: Message) -> Actions | Awaitable[Actions]:
         args = message.args
-        request = Request.from_args(args)
         if self.auth is None:
-            return self._decide(request, None)
+            return self._decide(args, None)
         token = credential(args)
         if type(token) is AuthFailure:
-            return self._decide(request, token)
+            return self._decide(args, token)
         assert isinstance(token, str)
         result = self.auth.quick(token)
         if result is None:
-            return self._decide_later(request, token)
-        return self._decide(request, result)
+            return self._decide_later(args, token)
+        return self._decide(args, result)
 
-    async def _decide_later(self, request: Request, token: str) -> Actions:
+    async def _decide_later(self, args: Mapping[str, Value], token: str) -> Actions:
         assert self.auth is not None
-        return self._decide(request, await self.auth.verify_slow(token))
+        return self._decide(args, await self.auth.verify_slow(token))
 
-    def _decide(self, request: Request, auth: Principal | AuthFailure | None) -> Actions:
+    def _decide(self, args: Mapping[str, Value], auth: Principal | AuthFailure | None) -> Actions:
         if type(auth) is AuthFailure:
-            self._log_denial("auth_failed", request, auth.status, auth.reason, key_id=auth.key_id)
+            self._log_denial("auth_failed", args, auth.status, auth.reason, key_id=auth.key_id)
             return decision_vars(Decision(False, auth.status, auth.reason))
-        decision = self.routes.decide(request.method, request.path)
+        decision = self.routes.decide(_text(args, "method"), _text(args, "path"))
         principal = auth if type(auth) is Principal else None
         if decision.allowed and principal is not None and principal.routes \
                 and decision.rule not in principal.routes:
             decision = Decision(False, 403, "route_not_allowed_for_key", decision.rule)
         if not decision.allowed:
-            self._log_denial("policy_denied", request, decision.status, decision.reason,
+            self._log_denial("policy_denied", args, decision.status, decision.reason,
                              rule=decision.rule, key_id=principal.id if principal else "",
                              principal=principal.name if principal else "")
         if principal is None:
             return decision_vars(decision)
         return decision_vars(decision) + principal_vars(principal)
 
-    def _log_denial(self, action: str, request: Request, status: int, reason: str,
+    def _log_denial(self, action: str, args: Mapping[str, Value], status: int, reason: str,
                     **extra: str) -> None:
+        request = Request.from_args(args)  # only denials pay for it
         self.log.warning(
             action, ip=request.ip, reason=reason, method=request.method, host=request.host,
             path=request.path, user_agent=request.user_agent, status=status,

@@ -49,7 +49,7 @@ class AuthSettings:
     issuers: tuple[IssuerConfig, ...] = ()
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
     # Caches are keyed by a digest, so clear secrets do not sit in memory.
     return hashlib.blake2b(token.encode(), digest_size=16).digest()
 
@@ -98,25 +98,30 @@ class Authenticator:
             return AuthFailure(401, "malformed_credential")
         prefix = self.settings.key_prefix
         if looks_like_key(token, prefix):
-            try:
-                parse_key(token, prefix)
-            except KeyFormatError as err:
-                return AuthFailure(401, err.reason)
+            # The caches first: an entry means this exact string was checked
+            # already, so the hot path skips even the checksum.
             now = self.clock()
-            digest = _digest(token)
+            digest = token_digest(token)
             principal = self.verified.get(digest, now)
             if principal is not None:
                 if principal.expires_at is not None and now >= principal.expires_at:
                     return AuthFailure(401, "expired_key", principal.id)
                 return principal
-            return self.failures.get(digest, now)
+            failure = self.failures.get(digest, now)
+            if failure is not None:
+                return failure
+            try:
+                parse_key(token, prefix)
+            except KeyFormatError as err:
+                return AuthFailure(401, err.reason)
+            return None
         if token.count(".") == 2 and self.jwt:
             return self.jwt.verify(token)
         return AuthFailure(401, "malformed_credential")
 
     async def verify_slow(self, token: str) -> Principal | AuthFailure:
         """Redis lookup and argon2id for a well-formed key quick() had no answer for."""
-        digest = _digest(token)
+        digest = token_digest(token)
         running = self._checking.get(digest)
         if running is not None:
             return await asyncio.shield(running)

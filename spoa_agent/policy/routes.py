@@ -71,6 +71,8 @@ class RouteTable:
             table.setdefault(route.path, []).append(route)
         templates = list(by_template)
         self._templates = list(by_template.values())
+        # One Decision object per route: callers may cache on it cheaply.
+        self._allowed = {route: Decision(True, 200, ALLOW, route.label) for route in routes}
         # One alternation with a named group per template: one regex call
         # whatever the number of templates.
         self._template_re = (
@@ -99,7 +101,7 @@ class RouteTable:
             return Decision(False, 403, "route_not_allowed")
         for route in candidates:
             if method in route.methods:
-                return Decision(True, 200, ALLOW, route.label)
+                return self._allowed[route]
         return Decision(False, 403, "method_not_allowed", candidates[0].label)
 
 
