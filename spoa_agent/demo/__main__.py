@@ -1,13 +1,15 @@
 """`make demo`: the whole gateway on this machine, in the foreground.
 
-Starts the small Ollama-like upstream, the agent with the example policy and
-HAProxy with the shipped haproxy.cfg; shows an allowed and a blocked call,
-prints curl lines to try, and stops everything on Ctrl-C.
+Starts Redis, the small Ollama-like upstream, the agent with the example
+policy and HAProxy with the shipped haproxy.cfg; creates a demo API key,
+shows an allowed call, a 401 and a 403, prints curl lines to try, and stops
+everything on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import socket
 import sys
@@ -28,10 +30,12 @@ def _port_or_free(port: int) -> int:
     return port
 
 
-def _call(port: int, method: str, path: str) -> str:
+def _call(port: int, method: str, path: str, key: str | None = None) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        conn.request(method, path, body=b'{"model":"llama3.2:1b"}' if method == "POST" else None)
+        conn.request(method, path, body=b'{"model":"llama3.2:1b"}' if method == "POST" else None,
+                     headers=headers)
         resp = conn.getresponse()
         return f"{resp.status} {resp.read().decode()[:100]}"
     finally:
@@ -56,31 +60,44 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
+        gw.start_redis()
         gw.start_upstream()
         gw.start_agent(CONFIG)
         gw.start_haproxy(haproxy)
-        url = gw.url
+        created = gw.spoa_agent("token", "create", "--name", "demo", "--format", "json")
+        if created.returncode != 0:
+            print(f"demo: could not create a key: {created.stderr}", file=sys.stderr)
+            return 1
+        key = json.loads(created.stdout)["token"]
+        url, port = gw.url, gw.gateway_port
+        cli = f"SPOA_AGENT_REDIS_URL={gw.redis_url} .venv/bin/spoa-agent"
         print(f"""
-spoa-agent demo: HAProxy {version} -> agent -> a small Ollama-like upstream
+spoa-agent demo: HAProxy {version} -> agent (Redis) -> a small Ollama-like upstream
   gateway   {url}
   agent     127.0.0.1:{gw.agent_port} (policy: {CONFIG.relative_to(REPO)})
+  redis     {gw.redis_url} (throwaway, nothing saved)
   logs      {WORKDIR.relative_to(REPO)}/agent.log (JSON lines), haproxy.log, upstream.log
 
+A demo API key was created (shown once; Redis keeps only its argon2id hash):
+  KEY={key}
+
 What the gateway answers right now:
-  GET  /api/tags  -> {_call(gw.gateway_port, "GET", "/api/tags")}
-  POST /api/pull  -> {_call(gw.gateway_port, "POST", "/api/pull")}
+  GET  /api/tags with the key     -> {_call(port, "GET", "/api/tags", key)}
+  GET  /api/tags without a key    -> {_call(port, "GET", "/api/tags")}
+  POST /api/pull with the key     -> {_call(port, "POST", "/api/pull", key)}
 
-Try it yourself:
-  curl -i {url}/api/tags                                   # allowed: 200 from the upstream
-  curl -i {url}/v1/chat/completions -d '{{"model":"llama3.2:1b","messages":[]}}'
-  curl -i -X POST {url}/api/pull -d '{{"model":"llama3"}}'  # blocked: 403, logged by the agent
-  curl -i -X DELETE {url}/api/delete                       # blocked: not on the allowlist
-  .venv/bin/spoa-agent --config {CONFIG.relative_to(REPO)} check --method POST --path /api/pull
+Try it yourself (paste the KEY= line first):
+  curl -i {url}/api/tags -H "Authorization: Bearer $KEY"          # 200 from the upstream
+  curl -i {url}/v1/chat/completions -H "Authorization: Bearer $KEY" \\
+       -d '{{"model":"llama3.2:1b","messages":[]}}'
+  curl -i {url}/api/tags -H "x-api-key: $KEY"                     # the Anthropic SDK's header
+  curl -i {url}/api/tags                                          # 401: no key
+  curl -i -X POST {url}/api/pull -H "Authorization: Bearer $KEY"  # 403: blocked endpoint
+  {cli} token list
+  {cli} token revoke <id>   # the key gets 401 within a second
+  {cli} --config {CONFIG.relative_to(REPO)} check --method POST --path /api/pull
 
-API keys (401 without one) and rate limits (429) arrive with the token and
-rate-limit work; until then every allowed endpoint is open to anyone who can
-reach {url}.
-
+Rate limits (429) arrive with the rate-limit work.
 Ctrl-C stops everything.""", flush=True)
         while not stop:
             for name, proc in gw.processes.items():
@@ -92,7 +109,7 @@ Ctrl-C stops everything.""", flush=True)
         return 0
     finally:
         gw.stop()
-        print("\ndemo: stopped agent, HAProxy and upstream.")
+        print("\ndemo: stopped HAProxy, agent, upstream and Redis.")
 
 
 if __name__ == "__main__":
