@@ -190,24 +190,33 @@ async def follow_changes(
     client: redis.asyncio.Redis,
     on_change: Callable[[str | None], None],
     log: Any,
-    retry_every: float = 1.0,
+    retry_every: float = 0.5,
+    retry_at_most: float = 5.0,
 ) -> None:
     """Call on_change(key_id) for every announced change, for ever.
 
     `client` must have no socket timeout: a quiet channel is not an error.
 
     on_change(None) means "forget everything": called on each (re)subscription,
-    since announcements made while we were not listening are lost.
+    since announcements made while we were not listening are lost. While Redis
+    is away, retries back off from `retry_every` to `retry_at_most` seconds
+    and only the first failure is logged.
     """
+    delay = retry_every
+    failing = False
     while True:
         try:
             async with client.pubsub() as pubsub:
                 await pubsub.subscribe(CHANNEL)
                 on_change(None)
                 log.info("key_events_subscribed")
+                delay, failing = retry_every, False
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         on_change(str(message["data"]))
         except (redis.RedisError, OSError) as err:
-            log.warning("key_events_lost", error=str(err))
-        await asyncio.sleep(retry_every)
+            if not failing:
+                log.warning("key_events_lost", error=str(err))
+            failing = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, retry_at_most)

@@ -190,3 +190,36 @@ def test_two_agents_and_the_cli_at_once_lose_no_update(
         assert shown["name"] == key["name"] and shown["status"] == "active"
         assert shown["last_used_at"] is not None  # the agents' writes landed too
         assert answer(a, 999, key["token"])["decision"] == "allow"
+
+
+def test_agent_starts_without_redis_fails_closed_then_recovers(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path)
+    try:
+        gw.start_agent(EXAMPLE_CONFIG)  # its Redis is not running yet
+        peer = Peer(gw.agent_port)
+        peer.hello()
+        made_up = format_key("spoa", "AAAAAAAAAAAA", new_secret())
+        got = answer(peer, 1, made_up)
+        assert (got["status"], got["reason"]) == (503, "store_unavailable")
+        gw.start_redis()
+        key = create(gw, "--name", "late")
+        deadline = time.monotonic() + 10
+        stream = 2
+        while answer(peer, stream, key["token"])["decision"] != "allow":
+            assert time.monotonic() < deadline, "agent never recovered after Redis came back"
+            stream += 1
+            time.sleep(0.2)
+        # Once it has subscribed (retries back off to at most 5 s), revocations
+        # reach it again.
+        deadline = time.monotonic() + 10
+        while "key_events_subscribed" not in gw.processes["agent"].log():
+            assert time.monotonic() < deadline, "never subscribed to key events"
+            time.sleep(0.1)
+        assert gw.spoa_agent("token", "revoke", key["id"]).returncode == 0
+        deadline = time.monotonic() + 1.0
+        while answer(peer, stream, key["token"])["decision"] == "allow":
+            assert time.monotonic() < deadline
+            stream += 1
+            time.sleep(0.01)
+    finally:
+        gw.stop()
