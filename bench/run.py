@@ -40,7 +40,13 @@ import structlog
 from spoa_agent.auth import Authenticator, AuthSettings, Principal, SecretHasher, VerifierPool
 from spoa_agent.auth.authenticator import principal_of, token_digest
 from spoa_agent.auth.keys import format_key, new_key_id, new_secret
-from spoa_agent.demo.stack import REPO, Gateway, haproxy_binaries, haproxy_version
+from spoa_agent.demo.stack import (
+    REPO,
+    Gateway,
+    haproxy_binaries,
+    haproxy_version,
+    policy_only_config,
+)
 from spoa_agent.spop import (
     NEED_DATA,
     Ack,
@@ -232,12 +238,6 @@ class Plan:
     api_key: bool = False  # False: keys off, the agent only matches routes (trivial handler)
 
 
-def policy_only_config(workdir: Path) -> Path:
-    path = workdir / "policy-only.toml"
-    path.write_text(AGENT_CONFIG.read_text().replace("required = true", "required = false", 1))
-    return path
-
-
 def bench_gateway(plan: Plan, haproxy: str, workdir: Path, duration: int,
                   connections: int) -> Row:
     """One wrk row, with its own Redis, agent and HAProxy."""
@@ -256,7 +256,7 @@ def bench_gateway(plan: Plan, haproxy: str, workdir: Path, duration: int,
                                              "--format", "json")
                 headers = {"Authorization": f"Bearer {json.loads(created.stdout)['token']}"}
             else:
-                config = policy_only_config(workdir)
+                config = policy_only_config(AGENT_CONFIG, workdir / "policy-only.toml")
             gateway.start_agent(config, plan.workers)  # before HAProxy's first check
             gateway.start_haproxy(haproxy, SPOE_CFG)
             expect_status(gateway.url + DENIED_PATH, 403, headers)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio
 import structlog
 
 from spoa_agent.auth import Authenticator, AuthFailure, Principal, VerifierPool
@@ -22,9 +23,11 @@ from spoa_agent.auth.authenticator import MAX_CREDENTIAL
 from spoa_agent.auth.hashing import SecretHasher
 from spoa_agent.config import Config
 from spoa_agent.policy import Decision, RouteTable
+from spoa_agent.ratelimit.limiter import UNLIMITED, RateLimiter, Verdict, limit_key
+from spoa_agent.ratelimit.limits import Limit, parse_rate
 from spoa_agent.server import Actions, Agent
 from spoa_agent.spop import Action, Message, SetVar, Value
-from spoa_agent.store.redis import async_client
+from spoa_agent.store.redis import async_client, redacted, warm_up
 from spoa_agent.store.tokens import KeyLookup, follow_changes
 
 CHECK_REQUEST = "check-request"
@@ -96,10 +99,30 @@ class Request:
                    _text(args, "path"), _text(args, "user_agent"))
 
 
+def ratelimit_vars(verdict: Verdict) -> tuple[Action, ...]:
+    """What the client is told about its limit (haproxy.cfg turns it into headers)."""
+    if verdict.limit is None:
+        return ()
+    rate = verdict.limit.rate
+    out: tuple[Action, ...] = (
+        SetVar("rl_scope", verdict.limit.scope), SetVar("rl_limit", rate.count),
+        SetVar("rl_window", round(rate.period)), SetVar("rl_remaining", verdict.remaining),
+        SetVar("rl_reset", verdict.reset),
+    )
+    if verdict.retry_after:
+        out += (SetVar("retry_after", verdict.retry_after),)
+    return out
+
+
+_cached_rate = functools.lru_cache(maxsize=1024)(parse_rate)
+
+
 class RequestChecker:
     def __init__(self, config: Config, authenticator: Authenticator | None, log: Any) -> None:
         self.routes = RouteTable(config.routes)
         self.auth = authenticator
+        self.limits = config.ratelimit
+        self.limiter: RateLimiter | None = None  # set once Redis is connected
         self.log = log
 
     def __call__(self, message: Message) -> Actions | Awaitable[Actions]:
@@ -117,9 +140,11 @@ class RequestChecker:
 
     async def _decide_later(self, args: Mapping[str, Value], token: str) -> Actions:
         assert self.auth is not None
-        return self._decide(args, await self.auth.verify_slow(token))
+        result = self._decide(args, await self.auth.verify_slow(token))
+        return result if isinstance(result, Sequence) else await result
 
-    def _decide(self, args: Mapping[str, Value], auth: Principal | AuthFailure | None) -> Actions:
+    def _decide(self, args: Mapping[str, Value],
+                auth: Principal | AuthFailure | None) -> Actions | Awaitable[Actions]:
         if type(auth) is AuthFailure:
             self._log_denial("auth_failed", args, auth.status, auth.reason, key_id=auth.key_id)
             return decision_vars(Decision(False, auth.status, auth.reason))
@@ -132,9 +157,56 @@ class RequestChecker:
             self._log_denial("policy_denied", args, decision.status, decision.reason,
                              rule=decision.rule, key_id=principal.id if principal else "",
                              principal=principal.name if principal else "")
-        if principal is None:
-            return decision_vars(decision)
-        return decision_vars(decision) + principal_vars(principal)
+        elif self.limiter is not None:
+            limits = self._limits_for(args, decision, principal)
+            verdict = self.limiter.quick(limits)
+            if verdict is None:
+                return self._limit_later(args, decision, principal, limits)
+            return self._answer(args, decision, principal, verdict)
+        return self._answer(args, decision, principal, UNLIMITED)
+
+    async def _limit_later(self, args: Mapping[str, Value], decision: Decision,
+                           principal: Principal | None, limits: list[Limit]) -> Actions:
+        assert self.limiter is not None
+        return self._answer(args, decision, principal, await self.limiter.check(limits))
+
+    def _limits_for(self, args: Mapping[str, Value], decision: Decision,
+                    principal: Principal | None) -> list[Limit]:
+        """Every limit that applies: per key, per client address, per route, global."""
+        config = self.limits
+        limits = []
+        if principal is not None:
+            if principal.rate:
+                limits.append(Limit("key", limit_key(principal.kind, principal.id),
+                                    _cached_rate(principal.rate), config.on_redis_error))
+            elif config.per_key is not None:
+                limits.append(Limit("key", limit_key(principal.kind, principal.id),
+                                    config.per_key.rate, config.per_key.on_redis_error))
+        ip = args.get("ip")
+        if config.per_ip is not None and ip is not None:
+            limits.append(Limit("ip", limit_key("ip", str(ip)), config.per_ip.rate,
+                                config.per_ip.on_redis_error))
+        if decision.rate is not None:
+            limits.append(Limit("route", limit_key("route", decision.rule), decision.rate,
+                                config.on_redis_error))
+        if config.global_ is not None:
+            limits.append(Limit("global", limit_key("global", "all"), config.global_.rate,
+                                config.global_.on_redis_error))
+        return limits
+
+    def _answer(self, args: Mapping[str, Value], decision: Decision,
+                principal: Principal | None, verdict: Verdict) -> Actions:
+        if not verdict.admitted:
+            decision = Decision(False, verdict.status, verdict.reason, decision.rule)
+            self._log_denial("rate_limited" if verdict.status == 429 else "ratelimit_unavailable",
+                             args, verdict.status, verdict.reason, rule=decision.rule,
+                             scope=verdict.limit.scope if verdict.limit else "",
+                             key_id=principal.id if principal else "",
+                             principal=principal.name if principal else "")
+        out = decision_vars(decision)
+        if principal is not None:
+            out += principal_vars(principal)
+        return out + ratelimit_vars(verdict) if verdict.limit is not None else out
 
     def _log_denial(self, action: str, args: Mapping[str, Value], status: int, reason: str,
                     **extra: str) -> None:
@@ -149,33 +221,52 @@ class RequestChecker:
 def build_agent(config: Config, log: Any) -> Agent:
     """The Agent with its check-request handler; Redis clients start with the loop."""
     agent = Agent()
-    settings = config.auth
     authenticator: Authenticator | None = None
-    if settings.required:
-        verifier = VerifierPool(SecretHasher(settings.argon2), settings.argon2_workers)
-        authenticator = Authenticator(settings, None, verifier, log)
-        background: list[asyncio.Task[None]] = []
+    if config.auth.required:
+        verifier = VerifierPool(SecretHasher(config.auth.argon2), config.auth.argon2_workers)
+        authenticator = Authenticator(config.auth, None, verifier, log)
+    checker = RequestChecker(config, authenticator, log)
+    agent.register(CHECK_REQUEST, checker)
+    rl = config.ratelimit
+    # Keys may carry their own rate, so a gateway with keys always limits.
+    limits = config.auth.required or any((rl.per_key, rl.per_ip, rl.global_)) \
+        or any(route.rate for route in config.routes)
+    if not limits:
+        return agent
+    clients: list[redis.asyncio.Redis] = []
+    background: list[asyncio.Task[None]] = []
 
-        async def connect_redis() -> None:
-            # In the serving process's own loop (after --workers forks).
-            assert authenticator is not None
-            authenticator.lookup = KeyLookup(async_client(config.redis.url, config.redis.timeout))
+    async def connect_redis() -> None:
+        # In the serving process's own loop (after --workers forks). Nothing
+        # here waits for Redis: the agent starts and serves without it.
+        if authenticator is not None:
+            lookup = KeyLookup(async_client(config.redis.url, config.redis.timeout))
             events = async_client(config.redis.url, timeout=None)
+            clients.extend((lookup.client, events))
+            authenticator.lookup = lookup
             background.append(asyncio.get_running_loop().create_task(
                 follow_changes(events, authenticator.key_changed, log)))
+        limiter_client = async_client(config.redis.url, rl.redis_timeout)
+        clients.append(limiter_client)
+        checker.limiter = RateLimiter(limiter_client, log, timeout=rl.redis_timeout)
+        if await checker.limiter.load() and await warm_up(limiter_client):
+            log.info("redis_ready", url=redacted(config.redis.url))
+        else:
+            log.warning("redis_unavailable", url=redacted(config.redis.url),
+                        error="starting anyway; limits follow on_redis_error until it answers")
 
-        async def disconnect_redis() -> None:
-            for task in background:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if authenticator is not None and authenticator.lookup is not None:
-                await authenticator.lookup.client.aclose()
-            verifier.close()
+    async def disconnect_redis() -> None:
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for client in clients:
+            await client.aclose()
+        if authenticator is not None:
+            authenticator.verifier.close()
 
-        agent.startup.append(connect_redis)
-        agent.shutdown.append(disconnect_redis)
-    agent.register(CHECK_REQUEST, RequestChecker(config, authenticator, log))
+    agent.startup.append(connect_redis)
+    agent.shutdown.append(disconnect_redis)
     return agent
 
 

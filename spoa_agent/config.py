@@ -19,6 +19,7 @@ from spoa_agent.auth.jwt import load_issuer
 from spoa_agent.auth.keys import validate_prefix
 from spoa_agent.logging import LEVELS
 from spoa_agent.policy import Route, RouteError
+from spoa_agent.ratelimit.limits import OnRedisError, Rate, parse_rate
 from spoa_agent.spop import DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE
 from spoa_agent.store.redis import DEFAULT_TIMEOUT, DEFAULT_URL
 
@@ -73,11 +74,28 @@ class RedisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSpec:
+    rate: Rate
+    on_redis_error: OnRedisError
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    per_key: LimitSpec | None = None  # keys and JWT subjects without their own rate
+    per_ip: LimitSpec | None = None
+    global_: LimitSpec | None = None
+    on_redis_error: OnRedisError = OnRedisError.CLOSED
+    # Redis on the request path: past this, the limit's on_redis_error decides.
+    redis_timeout: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     routes: tuple[Route, ...] = ()
     source: str = "<defaults>"
 
@@ -248,6 +266,59 @@ def _auth(reader: _Reader, data: Mapping[str, Any], jwt: Mapping[str, Any]) -> A
     )
 
 
+def _on_error(reader: _Reader, value: object, where: str,
+              default: OnRedisError) -> OnRedisError:
+    if value is None:
+        return default
+    try:
+        return OnRedisError(value)
+    except ValueError:
+        reader.problem(where, f'must be "open" or "closed", got {value!r}')
+        return default
+
+
+def _rate(reader: _Reader, value: object, where: str) -> Rate | None:
+    if not isinstance(value, str):
+        reader.problem(where, "must be a rate like \"60/m\"")
+        return None
+    try:
+        return parse_rate(value)
+    except ValueError as err:
+        reader.problem(where, str(err))
+        return None
+
+
+def _limit(reader: _Reader, data: Mapping[str, Any], key: str,
+           default: OnRedisError) -> LimitSpec | None:
+    """`per_ip = "120/m"` or `per_ip = { rate = "120/m", on_redis_error = "open" }`."""
+    value = data.get(key)
+    where = f"ratelimit.{key}"
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        reader.unknown(value, {"rate", "on_redis_error"}, where)
+        rate = _rate(reader, value.get("rate"), f"{where}.rate")
+        mode = _on_error(reader, value.get("on_redis_error"), f"{where}.on_redis_error", default)
+    else:
+        rate, mode = _rate(reader, value, where), default
+    return LimitSpec(rate, mode) if rate is not None else None
+
+
+def _ratelimit(reader: _Reader, data: Mapping[str, Any]) -> RateLimitConfig:
+    reader.unknown(data, {"per_key", "per_ip", "global", "on_redis_error", "redis_timeout"},
+                   "ratelimit")
+    d = RateLimitConfig()
+    mode = _on_error(reader, data.get("on_redis_error"), "ratelimit.on_redis_error",
+                     d.on_redis_error)
+    return RateLimitConfig(
+        per_key=_limit(reader, data, "per_key", mode),
+        per_ip=_limit(reader, data, "per_ip", mode),
+        global_=_limit(reader, data, "global", mode),
+        on_redis_error=mode,
+        redis_timeout=reader.seconds(data, "redis_timeout", "ratelimit", d.redis_timeout),
+    )
+
+
 def _routes(reader: _Reader, data: Any) -> tuple[Route, ...]:
     if not isinstance(data, list):
         reader.problem("routes", "must be an array of tables ([[routes]])")
@@ -258,8 +329,9 @@ def _routes(reader: _Reader, data: Any) -> tuple[Route, ...]:
         if not isinstance(item, dict):
             reader.problem(where, "must be a table")
             continue
-        reader.unknown(item, {"path", "methods", "name"}, where)
+        reader.unknown(item, {"path", "methods", "name", "rate"}, where)
         path, methods, name = item.get("path"), item.get("methods"), item.get("name", "")
+        rate = _rate(reader, item["rate"], f"{where}.rate") if "rate" in item else None
         if not isinstance(path, str):
             reader.problem(f"{where}.path", "is required and must be a string")
             continue
@@ -267,7 +339,7 @@ def _routes(reader: _Reader, data: Any) -> tuple[Route, ...]:
             reader.problem(f"{where}.methods", "is required: a list like [\"GET\", \"POST\"]")
             continue
         try:
-            routes.append(Route(path, frozenset(m.upper() for m in methods), str(name)))
+            routes.append(Route(path, frozenset(m.upper() for m in methods), str(name), rate))
         except RouteError as err:
             reader.problem(where, str(err))
     return tuple(routes)
@@ -276,12 +348,13 @@ def _routes(reader: _Reader, data: Any) -> tuple[Route, ...]:
 def parse_config(data: Mapping[str, Any], source: str) -> Config:
     problems: list[str] = []
     reader = _Reader(source, problems)
-    reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "routes"}, "")
+    reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "ratelimit", "routes"}, "")
     config = Config(
         server=_server(reader, reader.table(data, "server", "server")),
         log=_log(reader, reader.table(data, "log", "log")),
         redis=_redis(reader, reader.table(data, "redis", "redis")),
         auth=_auth(reader, reader.table(data, "auth", "auth"), reader.table(data, "jwt", "jwt")),
+        ratelimit=_ratelimit(reader, reader.table(data, "ratelimit", "ratelimit")),
         routes=_routes(reader, data.get("routes", [])),
         source=source,
     )

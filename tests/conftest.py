@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from spoa_agent.demo import stack
 from spoa_agent.demo.stack import Gateway, Process, haproxy_binaries
 from tests.peer import Peer
 
@@ -17,12 +18,9 @@ EXAMPLE_CONFIG = REPO / "config" / "agent.example.toml"
 
 @pytest.fixture(scope="session")
 def policy_only_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example policy with API keys switched off: for protocol tests."""
-    path = tmp_path_factory.mktemp("config") / "policy-only.toml"
-    text = EXAMPLE_CONFIG.read_text()
-    assert "required = true" in text
-    path.write_text(text.replace("required = true", "required = false", 1))
-    return path
+    """The example policy with API keys and rate limits off: for protocol tests."""
+    return stack.policy_only_config(EXAMPLE_CONFIG,
+                              tmp_path_factory.mktemp("config") / "policy-only.toml")
 
 HAPROXY = haproxy_binaries()
 

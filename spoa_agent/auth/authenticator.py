@@ -19,11 +19,11 @@ from typing import Any
 
 import redis
 
-from spoa_agent.auth.cache import TtlLru
 from spoa_agent.auth.hashing import Argon2Params, VerifierPool
 from spoa_agent.auth.jwt import IssuerConfig, JwtVerifier
 from spoa_agent.auth.keys import KeyFormatError, looks_like_key, parse_key
 from spoa_agent.auth.principal import AuthFailure, Principal
+from spoa_agent.cache import TtlLru
 from spoa_agent.store.tokens import KeyLookup, KeyRecord
 
 # A credential longer than this is refused unread (HAProxy sends at most 4097

@@ -29,11 +29,11 @@ from spoa_agent.auth.keys import (
     parse_key,
 )
 from spoa_agent.config import Config, parse_seconds
+from spoa_agent.ratelimit.limits import parse_rate
 from spoa_agent.store.redis import redacted, sync_client
 from spoa_agent.store.tokens import KeyRecord, TokenStore, UnknownKey
 
 EXIT_FAILED = 1
-_RATE = re.compile(r"[1-9]\d*/(\d*)(s|m|h|d)")
 
 
 class DurationType(click.ParamType[float]):
@@ -55,8 +55,10 @@ class RateType(click.ParamType[str]):
         text = str(value).strip()
         if text.lower() == "none":
             return "none"
-        if not _RATE.fullmatch(text):
-            self.fail(f"expected a rate like 60/m, 1000/h or 100/5m, got {text!r}", param, ctx)
+        try:
+            parse_rate(text)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
         return text
 
 
@@ -143,7 +145,8 @@ def _restrictions(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--model", "models", multiple=True,
                      help="Only these models (repeatable)."),
         click.option("--rate", type=RateType(), default=None,
-                     help="Per-key rate limit, e.g. 60/m or 100/5m ('none' removes it)."),
+                     help="Per-key rate limit, e.g. 60/m, 100/5m or 60/m,burst=10 "
+                          "('none' removes it)."),
     ]):
         fn = option(fn)
     return fn

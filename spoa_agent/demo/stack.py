@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
+
+
+def policy_only_config(source: Path, dest: Path) -> Path:
+    """`source` with API keys and rate limits off: the agent matches routes only
+    (protocol tests, the benchmark's trivial-handler row)."""
+    text = source.read_text()
+    for setting in ("required = true", 'per_key = "', 'per_ip = "'):
+        if setting not in text:
+            raise ValueError(f"{source}: expected {setting!r}")
+    text = text.replace("required = true", "required = false", 1)
+    text = re.sub(r'^(per_key|per_ip|global) = ".*"', r'\1 = ""', text, flags=re.M)
+    dest.write_text(text)
+    return dest
 
 
 def free_port() -> int:

@@ -78,6 +78,9 @@ class UpstreamHandler(BaseHTTPRequestHandler):
 
 class UpstreamServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of connections from
+    # HAProxy would wait for SYN retransmits (1 s, 3 s, ...).
+    request_queue_size = 1024
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # HAProxy closing an idle keep-alive connection is not news

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from spoa_agent.ratelimit.limits import Rate
+
 # One path segment of a template: what model names and ids use, and never a
 # "." or ".." segment, "%" escapes or "/".
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._:@+-]*"
@@ -28,6 +30,7 @@ class Route:
     path: str
     methods: frozenset[str]
     name: str = ""
+    rate: Rate | None = None  # shared by every caller of this route
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -56,6 +59,7 @@ class Decision:
     status: int
     reason: str
     rule: str = ""
+    rate: Rate | None = None  # the matched route's own limit
 
 
 ALLOW = "allowed"
@@ -72,7 +76,8 @@ class RouteTable:
         templates = list(by_template)
         self._templates = list(by_template.values())
         # One Decision object per route: callers may cache on it cheaply.
-        self._allowed = {route: Decision(True, 200, ALLOW, route.label) for route in routes}
+        self._allowed = {route: Decision(True, 200, ALLOW, route.label, route.rate)
+                         for route in routes}
         # One alternation with a named group per template: one regex call
         # whatever the number of templates.
         self._template_re = (

@@ -1,6 +1,6 @@
 """The bounded, ageing LRU behind the verified-key cache."""
 
-from spoa_agent.auth.cache import TtlLru
+from spoa_agent.cache import TtlLru
 
 
 def test_hit_miss_and_age() -> None:

@@ -1,7 +1,7 @@
 """A bounded LRU map whose entries also expire with age. Pure, no I/O.
 
-The agent keeps verified keys here so the hot path pays no argon2 and no
-Redis call; entries are dropped when Redis announces a change to their key.
+The agent keeps verified keys here (no argon2 and no Redis call on the hot
+path) and limits known to refuse until some time (no Redis call either).
 """
 
 from __future__ import annotations

@@ -1,0 +1,137 @@
+"""Checks every limit of a request in one Redis round trip (gcra.lua).
+
+Before Redis: the over-limit cache (a limit known to refuse until T refuses
+locally) and the circuit breaker (a dead Redis is not called on every
+request). When Redis cannot answer in `timeout`, each limit's
+`on_redis_error` decides: `open` admits, `closed` refuses with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from spoa_agent.cache import TtlLru
+from spoa_agent.ratelimit.breaker import CircuitBreaker
+from spoa_agent.ratelimit.limits import Limit, OnRedisError
+
+GCRA_SCRIPT = resources.files("spoa_agent.ratelimit").joinpath("gcra.lua").read_text()
+# Every limiter key shares this hash tag: one script call may touch all the
+# limits of a request, which on a Redis Cluster must live in one slot.
+HASH_TAG = "{spoa-rl}"
+
+
+def limit_key(scope: str, name: str) -> str:
+    return f"spoa:rl:{HASH_TAG}:{scope}:{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    admitted: bool
+    status: int = 200  # 429 over a limit, 503 Redis down under a closed limit
+    reason: str = ""
+    limit: Limit | None = None  # the limit to show the client: the tightest one
+    remaining: int = 0
+    reset: int = 0  # seconds until the tightest limit is full again
+    retry_after: int = 0  # whole seconds, at least 1 when refused with 429
+
+
+UNLIMITED = Verdict(True)
+
+
+def _seconds_up(microseconds: int) -> int:
+    return math.ceil(microseconds / 1_000_000)
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        log: Any,
+        timeout: float = 0.1,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        cache_size: int = 100_000,
+    ) -> None:
+        self.client = client
+        self.log = log
+        self.timeout = timeout
+        self.breaker = breaker or CircuitBreaker()
+        self.clock = clock
+        self._script = client.register_script(GCRA_SCRIPT)
+        # limit key -> (refused until, on our monotonic clock); bounded.
+        self.refusing: TtlLru[float] = TtlLru(cache_size, max_age=86400.0)
+        self.calls = 0
+
+    async def load(self) -> bool:
+        """Load the script into Redis ahead of the first request (False if Redis is away)."""
+        try:
+            async with asyncio.timeout(1.0):
+                await self.client.script_load(GCRA_SCRIPT)
+        except (redis.RedisError, OSError, TimeoutError):
+            return False
+        return True
+
+    def quick(self, limits: Sequence[Limit]) -> Verdict | None:
+        """A verdict reached without Redis, or None: then await check()."""
+        if not limits:
+            return UNLIMITED
+        now = self.clock()
+        for limit in limits:
+            until = self.refusing.get(limit.key.encode(), now)
+            if until is not None and until > now:
+                wait = math.ceil(until - now)
+                return Verdict(False, 429, "rate_limited", limit, 0, wait, max(1, wait))
+        if not self.breaker.allow(now):
+            return self._without_redis(limits)
+        return None
+
+    async def check(self, limits: Sequence[Limit]) -> Verdict:
+        """One script call for all limits; call quick() first."""
+        now = self.clock()
+        args: list[int] = []
+        for limit in limits:
+            args += [limit.rate.interval_us, limit.rate.tolerance_us]
+        try:
+            self.calls += 1
+            async with asyncio.timeout(self.timeout):
+                result = await self._script(keys=[limit.key for limit in limits], args=args)
+        except (redis.RedisError, OSError, TimeoutError) as err:
+            self.breaker.failure(self.clock())
+            self.log.warning("ratelimit_redis_error", error=str(err) or type(err).__name__,
+                             breaker=self.breaker.state)
+            return self._without_redis(limits)
+        self.breaker.success()
+        return self._verdict(limits, [int(x) for x in result], now)
+
+    def _verdict(self, limits: Sequence[Limit], result: list[int], now: float) -> Verdict:
+        admitted = result[0] == 1
+        tightest: tuple[int, int, int, Limit] | None = None
+        retry_us = 0
+        for index, limit in enumerate(limits):
+            remaining, reset_us, limit_retry_us = result[1 + 3 * index: 4 + 3 * index]
+            if limit_retry_us > 0:
+                retry_us = max(retry_us, limit_retry_us)
+                self.refusing.put(limit.key.encode(), now + limit_retry_us / 1_000_000, now)
+            if tightest is None or remaining < tightest[0]:
+                tightest = (remaining, reset_us, limit_retry_us, limit)
+        assert tightest is not None
+        remaining, reset_us, _, limit = tightest
+        if admitted:
+            return Verdict(True, 200, "", limit, remaining, _seconds_up(reset_us))
+        return Verdict(False, 429, "rate_limited", limit, remaining, _seconds_up(reset_us),
+                       max(1, _seconds_up(retry_us)))
+
+    def _without_redis(self, limits: Sequence[Limit]) -> Verdict:
+        closed = [limit for limit in limits if limit.on_redis_error is OnRedisError.CLOSED]
+        if closed:
+            return Verdict(False, 503, "ratelimit_unavailable", closed[0])
+        return UNLIMITED

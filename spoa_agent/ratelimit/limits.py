@@ -1,0 +1,68 @@
+"""Rate limit specifications: `N/PERIOD[,burst=B]`, e.g. `60/m`, `100/5m,burst=20`.
+
+Semantics (GCRA): a fresh key admits exactly `burst` requests at once
+(default burst = N), then one every PERIOD/N; in the steady state that is N
+per PERIOD. Refused requests are not charged. Pure code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+_SPEC = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(s|m|h|d)\s*(?:,\s*burst\s*=\s*(\d+)\s*)?")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class OnRedisError(Enum):
+    OPEN = "open"  # admit when Redis cannot answer
+    CLOSED = "closed"  # refuse with 503
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    count: int
+    period: float  # seconds
+    burst: int
+
+    @property
+    def interval_us(self) -> int:
+        return max(1, round(self.period * 1_000_000 / self.count))
+
+    @property
+    def tolerance_us(self) -> int:
+        return self.interval_us * self.burst
+
+    def policy(self) -> str:
+        """The IETF RateLimit-Policy parameters: quota and window in seconds."""
+        return f"q={self.count};w={round(self.period)}"
+
+    def __str__(self) -> str:
+        return f"{self.count}/{round(self.period)}s" + (
+            f",burst={self.burst}" if self.burst != self.count else "")
+
+
+def parse_rate(text: str) -> Rate:
+    match = _SPEC.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected a rate like 60/m, 100/5m or 60/m,burst=10, got {text!r}")
+    count, multiple, unit, burst = match.groups()
+    n = int(count)
+    period = int(multiple or 1) * _UNIT_SECONDS[unit]
+    if n < 1 or period < 1:
+        raise ValueError(f"a rate needs at least 1 request per period, got {text!r}")
+    b = int(burst) if burst is not None else n
+    if b < 1:
+        raise ValueError(f"burst must be at least 1, got {text!r}")
+    return Rate(n, float(period), b)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit that applies to a request: its Redis key and its rate."""
+
+    scope: str  # "key", "ip", "route", "global": named in logs and headers
+    key: str
+    rate: Rate
+    on_redis_error: OnRedisError = OnRedisError.CLOSED
