@@ -248,7 +248,7 @@ def build_agent(config: Config, log: Any) -> Agent:
                 follow_changes(events, authenticator.key_changed, log)))
         limiter_client = async_client(config.redis.url, rl.redis_timeout)
         clients.append(limiter_client)
-        checker.limiter = RateLimiter(limiter_client, log, timeout=rl.redis_timeout)
+        checker.limiter = RateLimiter(limiter_client, log)
         if await checker.limiter.load() and await warm_up(limiter_client):
             log.info("redis_ready", url=redacted(config.redis.url))
         else:

@@ -132,11 +132,15 @@ class Gateway:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def start_redis(self) -> Process:
-        """A throwaway Redis: no persistence, loopback only."""
+    def start_redis(self, persistent: bool = False) -> Process:
+        """A Redis on loopback; `persistent` keeps its data (in workdir) across
+        a kill -9 and restart, as a production Redis would."""
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if persistent
+                       else ["--appendonly", "no"])
         proc = spawn("redis", [shutil.which("redis-server") or "/usr/bin/redis-server",
                                "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no"], self.workdir)
+                               "--save", "", "--dir", str(self.workdir), *persistence],
+                     self.workdir)
         wait_for_port(self.redis_port, proc.popen)
         self.processes["redis"] = proc
         return proc
@@ -186,11 +190,12 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway(workdir: Path, haproxy: str, config: Path, workers: int = 1) -> Iterator[Gateway]:
+def gateway(workdir: Path, haproxy: str, config: Path, workers: int = 1,
+            persistent_redis: bool = False) -> Iterator[Gateway]:
     """Redis, upstream, agent, then HAProxy (so its first health check finds the agent)."""
     gw = Gateway(workdir)
     try:
-        gw.start_redis()
+        gw.start_redis(persistent_redis)
         gw.start_upstream()
         gw.start_agent(config, workers)
         gw.start_haproxy(haproxy)

@@ -2,7 +2,7 @@
 
 Before Redis: the over-limit cache (a limit known to refuse until T refuses
 locally) and the circuit breaker (a dead Redis is not called on every
-request). When Redis cannot answer in `timeout`, each limit's
+request). When Redis cannot answer within the client's timeout, each limit's
 `on_redis_error` decides: `open` admits, `closed` refuses with 503.
 """
 
@@ -56,14 +56,12 @@ class RateLimiter:
         self,
         client: redis.asyncio.Redis,
         log: Any,
-        timeout: float = 0.1,
         breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.monotonic,
         cache_size: int = 100_000,
     ) -> None:
         self.client = client
         self.log = log
-        self.timeout = timeout
         self.breaker = breaker or CircuitBreaker()
         self.clock = clock
         self._script = client.register_script(GCRA_SCRIPT)
@@ -102,8 +100,10 @@ class RateLimiter:
             args += [limit.rate.interval_us, limit.rate.tolerance_us]
         try:
             self.calls += 1
-            async with asyncio.timeout(self.timeout):
-                result = await self._script(keys=[limit.key for limit in limits], args=args)
+            # The client's socket timeouts bound Redis itself (connect, each
+            # read); waiting for a pooled connection under a burst is not
+            # counted against Redis.
+            result = await self._script(keys=[limit.key for limit in limits], args=args)
         except (redis.RedisError, OSError, TimeoutError) as err:
             self.breaker.failure(self.clock())
             self.log.warning("ratelimit_redis_error", error=str(err) or type(err).__name__,

@@ -7,6 +7,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 # Redis on the request path answers in well under a millisecond; past this the
@@ -29,15 +31,23 @@ def redacted(url: str) -> str:
 POOL_SIZE = 32
 
 
+# How long a call may wait for a free pooled connection. This is our own
+# queueing, not Redis being slow, so it is not held to the Redis timeout.
+POOL_WAIT = 1.0
+
+
 def async_client(url: str, timeout: float | None = DEFAULT_TIMEOUT) -> redis.asyncio.Redis:
-    """timeout=None for a pub/sub subscriber, which waits on a quiet channel."""
+    """`timeout` bounds connecting to and each read from Redis (None for a pub/sub
+    subscriber, which waits on a quiet channel)."""
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=timeout, socket_timeout=timeout,
+        url, max_connections=POOL_SIZE, timeout=POOL_WAIT, socket_timeout=timeout,
         socket_connect_timeout=timeout or DEFAULT_TIMEOUT, decode_responses=True,
-        # No CLIENT SETINFO round trips on every new connection.
-        lib_name=None, lib_version=None,
+        # After Redis restarts every pooled connection is dead: retry once, at
+        # once, on a new one, instead of failing a request per stale connection.
+        # Timeouts are not retried: they would double the time a request waits.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     )
-    return redis.asyncio.Redis(connection_pool=pool)
+    return redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 async def warm_up(client: redis.asyncio.Redis, connections: int = 8) -> bool:

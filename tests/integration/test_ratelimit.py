@@ -1,0 +1,150 @@
+"""The limiter against a real Redis: exactness under concurrency, nothing
+charged on refusal, agents with skewed clocks, Redis dying and returning."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from spoa_agent.demo.stack import Gateway
+from spoa_agent.ratelimit.limiter import RateLimiter, Verdict, limit_key
+from spoa_agent.ratelimit.limits import Limit, OnRedisError, parse_rate
+from spoa_agent.store.redis import async_client, warm_up
+
+QUIET = structlog.wrap_logger(structlog.ReturnLogger())
+
+
+_open: list[RateLimiter] = []
+
+
+def run(body: Callable[..., Awaitable[None]], *args: Any) -> None:
+    async def main() -> None:
+        try:
+            await body(*args)
+        finally:
+            while _open:
+                await _open.pop().client.aclose()
+
+    asyncio.run(main())
+
+
+def limiter(url: str, clock: Callable[[], float] = time.monotonic) -> RateLimiter:
+    rl = RateLimiter(async_client(url, 0.1), QUIET, clock=clock)
+    _open.append(rl)
+    return rl
+
+
+def limit(rate: str, scope: str = "key", name: str = "k",
+          mode: OnRedisError = OnRedisError.CLOSED) -> Limit:
+    return Limit(scope, limit_key(scope, name), parse_rate(rate), mode)
+
+
+async def check(rl: RateLimiter, limits: list[Limit]) -> Verdict:
+    return rl.quick(limits) or await rl.check(limits)
+
+
+def test_exactly_the_burst_is_admitted_across_two_agents(redis_gw: Gateway) -> None:
+    async def body() -> None:
+        a, b = limiter(redis_gw.redis_url), limiter(redis_gw.redis_url)
+        for rl in (a, b):  # as the agent does at start-up
+            assert await rl.load() and await warm_up(rl.client)
+        limits = [limit("10/m")]
+        verdicts = await asyncio.gather(*(check(a if i % 2 else b, limits) for i in range(200)))
+        admitted = [v for v in verdicts if v.admitted]
+        assert len(admitted) == 10
+        refused = [v for v in verdicts if not v.admitted]
+        assert all(v.status == 429 and v.retry_after >= 1 for v in refused)
+        assert sorted(v.remaining for v in admitted) == list(range(10))
+
+    run(body)
+
+
+def test_one_more_after_period_over_n(redis_gw: Gateway) -> None:
+    async def body() -> None:
+        rl = limiter(redis_gw.redis_url)
+        limits = [limit("5/s")]  # one every 200 ms once the burst of 5 is spent
+        assert [(await check(rl, limits)).admitted for _ in range(6)] == [True] * 5 + [False]
+        refused = await rl.check(limits)
+        assert refused.retry_after == 1  # 200 ms rounds up to a whole second
+        await asyncio.sleep(0.21)
+        assert (await rl.check(limits)).admitted
+        assert not (await rl.check(limits)).admitted
+
+    run(body)
+
+
+def test_refused_requests_are_not_charged(redis_gw: Gateway) -> None:
+    async def body() -> None:
+        rl = limiter(redis_gw.redis_url)
+        limits = [limit("10/s,burst=1")]  # one every 100 ms
+        admitted = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 2.0:  # retrying at twice the rate
+            admitted += (await rl.check(limits)).admitted
+            await asyncio.sleep(0.05)
+        # The full rate (20 in 2 s, give or take the edges) still gets through.
+        assert 18 <= admitted <= 21
+
+    run(body)
+
+
+def test_all_limits_admit_or_none_is_charged(redis_gw: Gateway) -> None:
+    async def body() -> None:
+        rl = limiter(redis_gw.redis_url)
+        key, tight = limit("10/m"), limit("3/m", "global", "all")
+        results = [(await rl.check([key, tight])).admitted for _ in range(6)]
+        assert results == [True] * 3 + [False] * 3
+        # The three refusals charged nothing to the key's own limit.
+        fresh = limiter(redis_gw.redis_url)
+        assert [(await fresh.check([key])).admitted for _ in range(8)] == [True] * 7 + [False]
+
+    run(body)
+
+
+def test_agents_with_skewed_clocks_agree(redis_gw: Gateway) -> None:
+    async def body() -> None:
+        ahead = limiter(redis_gw.redis_url, clock=lambda: time.monotonic() + 3600)
+        behind = limiter(redis_gw.redis_url, clock=lambda: time.monotonic() - 3600)
+        limits = [limit("6/m")]
+        verdicts = await asyncio.gather(*(check(ahead if i % 2 else behind, limits)
+                                          for i in range(40)))
+        assert sum(v.admitted for v in verdicts) == 6
+        # Each refuses locally afterwards for the same ~10 s, whatever its clock.
+        for rl in (ahead, behind):
+            cached = rl.quick(limits)
+            assert cached is not None and not cached.admitted and cached.retry_after <= 10
+
+    run(body)
+
+
+def test_redis_down_open_and_closed_then_back(redis_gw: Gateway) -> None:
+    async def body() -> None:
+        rl = limiter(redis_gw.redis_url)
+        closed = [limit("100/m", name="c")]
+        opened = [limit("100/m", name="o", mode=OnRedisError.OPEN)]
+        assert (await check(rl, closed)).admitted
+        redis_gw.processes["redis"].stop(sig=9)
+        worst = 0.0
+        calls_before = None
+        for i in range(40):
+            started = time.monotonic()
+            closed_verdict = await check(rl, closed)
+            open_verdict = await check(rl, opened)
+            worst = max(worst, time.monotonic() - started)
+            assert (closed_verdict.admitted, closed_verdict.status) == (False, 503)
+            assert open_verdict.admitted
+            if i == 10:
+                calls_before = rl.calls
+        assert worst < 0.3  # two checks, each bounded by the 100 ms timeout
+        assert rl.calls == calls_before  # breaker open: Redis is not called per request
+        redis_gw.start_redis()
+        back = time.monotonic()
+        while not (await check(rl, closed)).admitted:
+            assert time.monotonic() - back < 2.0, "not limiting again within 2 s"
+            await asyncio.sleep(0.05)
+
+    run(body)
