@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio
 import structlog
 
 from spoa_agent.auth import Authenticator, AuthFailure, Principal, VerifierPool
@@ -27,7 +26,7 @@ from spoa_agent.ratelimit.limiter import UNLIMITED, RateLimiter, Verdict, limit_
 from spoa_agent.ratelimit.limits import Limit, parse_rate
 from spoa_agent.server import Actions, Agent
 from spoa_agent.spop import Action, Message, SetVar, Value
-from spoa_agent.store.redis import async_client, redacted, warm_up
+from spoa_agent.store.redis import async_client, close, redacted, subscriber_client, warm_up
 from spoa_agent.store.tokens import KeyLookup, follow_changes
 
 CHECK_REQUEST = "check-request"
@@ -233,20 +232,21 @@ def build_agent(config: Config, log: Any) -> Agent:
         or any(route.rate for route in config.routes)
     if not limits:
         return agent
-    clients: list[redis.asyncio.Redis] = []
+    clients: list[Any] = []  # redis.asyncio Redis or RedisCluster
     background: list[asyncio.Task[None]] = []
 
     async def connect_redis() -> None:
         # In the serving process's own loop (after --workers forks). Nothing
         # here waits for Redis: the agent starts and serves without it.
         if authenticator is not None:
-            lookup = KeyLookup(async_client(config.redis.url, config.redis.timeout))
-            events = async_client(config.redis.url, timeout=None)
+            lookup = KeyLookup(async_client(config.redis.url, config.redis.timeout,
+                                            config.redis.password))
+            events = subscriber_client(config.redis.url, config.redis.password)
             clients.extend((lookup.client, events))
             authenticator.lookup = lookup
             background.append(asyncio.get_running_loop().create_task(
                 follow_changes(events, authenticator.key_changed, log)))
-        limiter_client = async_client(config.redis.url, rl.redis_timeout)
+        limiter_client = async_client(config.redis.url, rl.redis_timeout, config.redis.password)
         clients.append(limiter_client)
         checker.limiter = RateLimiter(limiter_client, log)
         if await checker.limiter.load() and await warm_up(limiter_client):
@@ -261,7 +261,7 @@ def build_agent(config: Config, log: Any) -> Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for client in clients:
-            await client.aclose()
+            await close(client)
         if authenticator is not None:
             authenticator.verifier.close()
 
@@ -294,7 +294,8 @@ def explain(config: Config, method: str, path: str, host: str, ip: str,
         if token is not None:
             args["authorization"] = f"Bearer {token}"
             settings = config.auth
-            lookup = KeyLookup(async_client(config.redis.url, max(config.redis.timeout, 2.0)))
+            lookup = KeyLookup(async_client(config.redis.url, max(config.redis.timeout, 2.0),
+                                            config.redis.password))
             verifier = VerifierPool(SecretHasher(settings.argon2), 1)
             authenticator = Authenticator(settings, lookup, verifier, quiet)
         result = RequestChecker(config, authenticator, quiet)(Message(CHECK_REQUEST, args))
@@ -302,7 +303,7 @@ def explain(config: Config, method: str, path: str, host: str, ip: str,
             return result if isinstance(result, Sequence) else await result
         finally:
             if authenticator is not None and authenticator.lookup is not None:
-                await authenticator.lookup.client.aclose()
+                await close(authenticator.lookup.client)
                 authenticator.verifier.close()
 
     answer = {action.name: action.value for action in asyncio.run(run())

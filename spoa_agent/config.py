@@ -21,12 +21,13 @@ from spoa_agent.logging import LEVELS
 from spoa_agent.policy import Route, RouteError
 from spoa_agent.ratelimit.limits import OnRedisError, Rate, parse_rate
 from spoa_agent.spop import DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE
-from spoa_agent.store.redis import DEFAULT_TIMEOUT, DEFAULT_URL
+from spoa_agent.store.redis import DEFAULT_TIMEOUT, DEFAULT_URL, parse_url
 
 ENV_CONFIG = "SPOA_AGENT_CONFIG"
 ENV_LISTEN = "SPOA_AGENT_LISTEN"
 ENV_LOG_FILE = "SPOA_AGENT_LOG_FILE"
 ENV_REDIS_URL = "SPOA_AGENT_REDIS_URL"
+ENV_REDIS_PASSWORD = "SPOA_AGENT_REDIS_PASSWORD"
 
 
 class ConfigError(Exception):
@@ -71,6 +72,7 @@ class LogConfig:
 class RedisConfig:
     url: str = DEFAULT_URL
     timeout: float = DEFAULT_TIMEOUT
+    password: str | None = None  # overrides one in the URL; env SPOA_AGENT_REDIS_PASSWORD
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,12 +207,19 @@ def _log(reader: _Reader, data: Mapping[str, Any]) -> LogConfig:
 
 
 def _redis(reader: _Reader, data: Mapping[str, Any]) -> RedisConfig:
-    reader.unknown(data, {"url", "timeout"}, "redis")
+    reader.unknown(data, {"url", "timeout", "password"}, "redis")
     url = data.get("url", DEFAULT_URL)
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        reader.problem("redis.url", f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
+    try:
+        parse_url(str(url))
+    except ValueError as err:
+        reader.problem("redis.url", str(err))
         url = DEFAULT_URL
-    return RedisConfig(url=url, timeout=reader.seconds(data, "timeout", "redis", DEFAULT_TIMEOUT))
+    password = data.get("password")
+    if password is not None and not isinstance(password, str):
+        reader.problem("redis.password", "must be a string")
+        password = None
+    return RedisConfig(url=str(url), timeout=reader.seconds(data, "timeout", "redis",
+                                                            DEFAULT_TIMEOUT), password=password)
 
 
 def _auth(reader: _Reader, data: Mapping[str, Any], jwt: Mapping[str, Any]) -> AuthSettings:
@@ -386,7 +395,13 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
             raise ConfigError([f"{ENV_LISTEN}: {err}"]) from None
         config = replace(config, server=replace(config.server, listen=listen))
     if env.get(ENV_REDIS_URL):
+        try:
+            parse_url(env[ENV_REDIS_URL])
+        except ValueError as err:
+            raise ConfigError([f"{ENV_REDIS_URL}: {err}"]) from None
         config = replace(config, redis=replace(config.redis, url=env[ENV_REDIS_URL]))
+    if env.get(ENV_REDIS_PASSWORD):
+        config = replace(config, redis=replace(config.redis, password=env[ENV_REDIS_PASSWORD]))
     if env.get(ENV_LOG_FILE):
         config = replace(config, log=replace(config.log, file=env[ENV_LOG_FILE]))
     return config

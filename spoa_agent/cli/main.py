@@ -13,6 +13,7 @@ import click
 from spoa_agent import logging as agent_logging
 from spoa_agent.cli.token import token
 from spoa_agent.config import ENV_CONFIG, Config, ConfigError, Listen, load_config, parse_listen
+from spoa_agent.store.redis import parse_url
 
 # Exit codes scripts rely on (`check`): 0 allowed, 1 denied, 2 usage/config error.
 EXIT_DENIED = 1
@@ -49,6 +50,11 @@ def _loader(ctx: click.Context) -> Callable[[], Config]:
                 click.echo(f"spoa-agent: configuration error:\n{err}", err=True)
                 sys.exit(EXIT_USAGE)
             if ctx.obj["redis_url"]:
+                try:
+                    parse_url(ctx.obj["redis_url"])
+                except ValueError as err:
+                    click.echo(f"spoa-agent: --redis-url: {err}", err=True)
+                    sys.exit(EXIT_USAGE)
                 config = replace(config, redis=replace(config.redis, url=ctx.obj["redis_url"]))
             loaded.append(config)
         return loaded[0]

@@ -77,7 +77,7 @@ def _fail(message: str) -> None:
 def _store(ctx: click.Context) -> Iterator[TokenStore]:
     config: Config = ctx.obj["load"]()
     url = config.redis.url
-    client = sync_client(url)
+    client = sync_client(url, password=config.redis.password)
     try:
         yield TokenStore(client)
     except (redis.ConnectionError, redis.TimeoutError) as err:

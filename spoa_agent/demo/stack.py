@@ -37,6 +37,21 @@ def policy_only_config(source: Path, dest: Path) -> Path:
     return dest
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -128,9 +143,11 @@ class Gateway:
     def stats_socket(self) -> Path:
         return self.workdir / "spoa-gateway.sock"
 
+    redis_url_override: str | None = None
+
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return self.redis_url_override or f"redis://127.0.0.1:{self.redis_port}/0"
 
     def start_redis(self, persistent: bool = False) -> Process:
         """A Redis on loopback; `persistent` keeps its data (in workdir) across
@@ -144,6 +161,52 @@ class Gateway:
         wait_for_port(self.redis_port, proc.popen)
         self.processes["redis"] = proc
         return proc
+
+    def start_redis_cluster(self, masters: int = 3) -> str:
+        """A Redis Cluster of `masters` nodes on loopback; returns its URL (and
+        makes it this gateway's Redis)."""
+        redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
+        ports = [_cluster_port() for _ in range(masters)]
+        self.redis_port = ports[0]
+        for port in ports:
+            node_dir = self.workdir / f"cluster-{port}"
+            node_dir.mkdir(exist_ok=True)
+            proc = spawn(f"redis-{port}", [
+                redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(node_dir), "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf"], self.workdir)
+            wait_for_port(port, proc.popen)
+            self.processes[f"redis-{port}"] = proc
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *(f"127.0.0.1:{port}" for port in ports),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 20
+        while any("cluster_state:ok" not in subprocess.run(
+                ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True,
+                text=True, timeout=10).stdout for port in ports):
+            if time.monotonic() > deadline:
+                raise TimeoutError("Redis Cluster never reached cluster_state:ok")
+            time.sleep(0.2)
+        self.redis_url_override = "redis+cluster://" + ",".join(
+            f"127.0.0.1:{port}" for port in ports)
+        return self.redis_url_override
+
+    def start_redis_sentinel(self, service: str = "mymaster") -> str:
+        """A master Redis watched by one Sentinel; returns the Sentinel URL (and
+        makes it this gateway's Redis)."""
+        self.start_redis()
+        sentinel_port = free_port()
+        config = self.workdir / "sentinel.conf"
+        config.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                          f"sentinel monitor {service} 127.0.0.1 {self.redis_port} 1\n"
+                          f"sentinel down-after-milliseconds {service} 1000\n")
+        proc = spawn("sentinel", [shutil.which("redis-server") or "/usr/bin/redis-server",
+                                  str(config), "--sentinel"], self.workdir)
+        wait_for_port(sentinel_port, proc.popen)
+        self.processes["sentinel"] = proc
+        self.redis_url_override = f"redis+sentinel://127.0.0.1:{sentinel_port}/{service}/0"
+        return self.redis_url_override
 
     def spoa_agent(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the CLI against this gateway's Redis."""

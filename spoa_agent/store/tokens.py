@@ -29,6 +29,7 @@ CHANNEL = "spoa:key-events"
 _LIST_FIELDS = ("scopes", "routes", "models")
 _TIME_FIELDS = ("created_at", "expires_at", "revoked_at", "prev_hash_until", "last_used_at")
 TOUCH_SCRIPT = resources.files("spoa_agent.store").joinpath("touch.lua").read_text()
+ROTATE_SCRIPT = resources.files("spoa_agent.store").joinpath("rotate.lua").read_text()
 
 
 def record_key(key_id: str) -> str:
@@ -103,7 +104,7 @@ class KeyRecord:
 class TokenStore:
     """Blocking access for the CLI."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Any) -> None:  # redis.Redis or redis.cluster.RedisCluster
         self.client = client
 
     def create(self, record: KeyRecord) -> bool:
@@ -137,30 +138,22 @@ class TokenStore:
         to_set: dict[Any, str] = {
             name: value for name, value in changes.items() if value is not None}
         to_delete = [name for name, value in changes.items() if value is None]
-        pipe = self.client.pipeline(transaction=True)
+        # Field by field: each write is atomic on its own, and a Cluster needs
+        # no transaction for it.
         if to_set:
-            pipe.hset(key, mapping=to_set)
+            self.client.hset(key, mapping=to_set)
         if to_delete:
-            pipe.hdel(key, *to_delete)
-        pipe.execute()
+            self.client.hdel(key, *to_delete)
         self.client.publish(CHANNEL, key_id)
         return self.get(key_id)
 
     def rotate(self, key_id: str, new_hash: str, grace: float, now: float) -> KeyRecord:
         """New secret, same id; the old one stays valid for `grace` seconds."""
-        key = record_key(key_id)
-
-        def swap(pipe: Any) -> None:
-            old = pipe.hget(key, "hash")
-            if old is None:
-                raise UnknownKey(key_id)
-            pipe.multi()
-            pipe.hset(key, mapping={"hash": new_hash, "prev_hash": old,
-                                    "prev_hash_until": str(now + grace)})
-            if grace <= 0:
-                pipe.hdel(key, "prev_hash", "prev_hash_until")
-
-        self.client.transaction(swap, key)
+        # A script, not WATCH/MULTI: atomic on a Redis Cluster too.
+        swapped = self.client.register_script(ROTATE_SCRIPT)(
+            keys=[record_key(key_id)], args=[new_hash, str(now + grace) if grace > 0 else ""])
+        if not swapped:
+            raise UnknownKey(key_id)
         self.client.publish(CHANNEL, key_id)
         return self.get(key_id)
 
@@ -174,7 +167,7 @@ class TokenStore:
 class KeyLookup:
     """What the agent needs on the request path: read a record, note its use."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: Any) -> None:  # redis.asyncio Redis or RedisCluster
         self.client = client
         self._touch = client.register_script(TOUCH_SCRIPT)
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from spoa_agent.config import ConfigError, Listen, load_config, parse_listen, parse_seconds
+from spoa_agent.store.redis import parse_url
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -111,3 +112,30 @@ def test_parse_seconds(value: object, seconds: float) -> None:
 def test_parse_seconds_refuses(value: object) -> None:
     with pytest.raises(ValueError):
         parse_seconds(value)
+
+
+@pytest.mark.parametrize(("url", "kind", "nodes", "service", "db"), [
+    ("redis://127.0.0.1:6379/0", "standalone", (), "", 0),
+    ("rediss://:pw@cache.example:6380/2", "standalone", (), "", 0),
+    ("unix:///run/redis.sock?db=1", "standalone", (), "", 0),
+    ("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/3", "sentinel",
+     (("10.0.0.1", 26379), ("10.0.0.2", 26379)), "mymaster", 3),
+    ("redis+cluster://:pw@n1:7000,n2:7001", "cluster", (("n1", 7000), ("n2", 7001)), "", 0),
+])
+def test_redis_urls(url: str, kind: str, nodes: tuple[tuple[str, int], ...], service: str,
+                    db: int) -> None:
+    target = parse_url(url)
+    assert (target.kind, target.nodes, target.service, target.db) == (kind, nodes, service, db)
+
+
+def test_redis_password_and_tls() -> None:
+    assert parse_url("rediss+cluster://:s3cret@n1:7000").password == "s3cret"
+    assert parse_url("rediss+cluster://n1:7000").tls
+    assert parse_url("redis+cluster://:a@n1:7000", password="b").password == "b"
+
+
+@pytest.mark.parametrize("url", ["http://x", "redis+sentinel://h:1", "redis+cluster://h",
+                                 "redis+sentinel://h:1/m/x", "mysql://h:1"])
+def test_bad_redis_urls(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_url(url)
