@@ -205,6 +205,9 @@ class RequestChecker:
         out = decision_vars(decision)
         if principal is not None:
             out += principal_vars(principal)
+            in_flight = principal.max_in_flight or self.limits.per_key_in_flight
+            if in_flight:
+                out += (SetVar("max_in_flight", in_flight),)
         return out + ratelimit_vars(verdict) if verdict.limit is not None else out
 
     def _log_denial(self, action: str, args: Mapping[str, Value], status: int, reason: str,

@@ -86,6 +86,9 @@ class RateLimitConfig:
     per_key: LimitSpec | None = None  # keys and JWT subjects without their own rate
     per_ip: LimitSpec | None = None
     global_: LimitSpec | None = None
+    # Requests in flight at once per key, for keys without their own; 0: none.
+    # Counted by HAProxy (a stick table), per HAProxy node.
+    per_key_in_flight: int = 0
     on_redis_error: OnRedisError = OnRedisError.CLOSED
     # Redis on the request path: past this, the limit's on_redis_error decides.
     redis_timeout: float = 0.1
@@ -314,8 +317,8 @@ def _limit(reader: _Reader, data: Mapping[str, Any], key: str,
 
 
 def _ratelimit(reader: _Reader, data: Mapping[str, Any]) -> RateLimitConfig:
-    reader.unknown(data, {"per_key", "per_ip", "global", "on_redis_error", "redis_timeout"},
-                   "ratelimit")
+    reader.unknown(data, {"per_key", "per_ip", "global", "per_key_in_flight", "on_redis_error",
+                          "redis_timeout"}, "ratelimit")
     d = RateLimitConfig()
     mode = _on_error(reader, data.get("on_redis_error"), "ratelimit.on_redis_error",
                      d.on_redis_error)
@@ -323,6 +326,7 @@ def _ratelimit(reader: _Reader, data: Mapping[str, Any]) -> RateLimitConfig:
         per_key=_limit(reader, data, "per_key", mode),
         per_ip=_limit(reader, data, "per_ip", mode),
         global_=_limit(reader, data, "global", mode),
+        per_key_in_flight=reader.integer(data, "per_key_in_flight", "ratelimit", 0, 0, 100_000),
         on_redis_error=mode,
         redis_timeout=reader.seconds(data, "redis_timeout", "ratelimit", d.redis_timeout),
     )

@@ -14,6 +14,7 @@ class Principal:
     routes: frozenset[str] = frozenset()  # rule names this key may use; empty: any
     models: frozenset[str] = frozenset()  # empty: any
     rate: str | None = None
+    max_in_flight: int | None = None  # requests at once; HAProxy counts them
     expires_at: float | None = None
 
 

@@ -126,6 +126,7 @@ def _print_record(record: KeyRecord, fmt: str) -> None:
         ("id", info["id"]), ("name", info["name"]), ("status", info["status"]),
         ("scopes", " ".join(record.scopes) or "-"), ("routes", " ".join(record.routes) or "any"),
         ("models", " ".join(record.models) or "any"), ("rate", record.rate or "-"),
+        ("max in flight", str(record.max_in_flight or "-")),
         ("created", _when(record.created_at)), ("expires", _when(record.expires_at)),
         ("revoked", _when(record.revoked_at)), ("last used", _when(record.last_used_at)),
         ("old secret until", _when(record.prev_hash_until)),
@@ -144,6 +145,8 @@ def _restrictions(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Only these route rules (names from the config; repeatable)."),
         click.option("--model", "models", multiple=True,
                      help="Only these models (repeatable)."),
+        click.option("--max-in-flight", "max_in_flight", type=click.IntRange(0, 100_000),
+                     default=None, help="Requests at once (counted by HAProxy; 0 removes it)."),
         click.option("--rate", type=RateType(), default=None,
                      help="Per-key rate limit, e.g. 60/m, 100/5m or 60/m,burst=10 "
                           "('none' removes it)."),
@@ -164,7 +167,8 @@ def token() -> None:
 @FORMAT
 @click.pass_context
 def create(ctx: click.Context, name: str, scopes: tuple[str, ...], routes: tuple[str, ...],
-           models: tuple[str, ...], rate: str | None, expires: float | None, fmt: str) -> None:
+           models: tuple[str, ...], max_in_flight: int | None, rate: str | None,
+           expires: float | None, fmt: str) -> None:
     """Create a key and print its secret once."""
     if not name.strip() or len(name) > 200 or not name.isprintable():
         raise click.BadParameter("give a printable name of 1 to 200 characters",
@@ -178,6 +182,7 @@ def create(ctx: click.Context, name: str, scopes: tuple[str, ...], routes: tuple
             record = KeyRecord(
                 key_id=new_key_id(), name=name.strip(), hash=hashed, scopes=scopes,
                 routes=routes, models=models, rate=None if rate in (None, "none") else rate,
+                max_in_flight=max_in_flight or None,
                 created_at=now, expires_at=now + expires if expires else None,
             )
             if store.create(record):
@@ -233,7 +238,8 @@ def show(ctx: click.Context, key_id: str, fmt: str) -> None:
 @FORMAT
 @click.pass_context
 def update(ctx: click.Context, key_id: str, scopes: tuple[str, ...], routes: tuple[str, ...],
-           models: tuple[str, ...], rate: str | None, expires: str | None, fmt: str) -> None:
+           models: tuple[str, ...], max_in_flight: int | None, rate: str | None,
+           expires: str | None, fmt: str) -> None:
     """Change a key's scopes, routes, models, rate or expiry; agents see it within a second."""
     changes: dict[str, str | None] = {}
     for name, values in (("scopes", scopes), ("routes", routes), ("models", models)):
@@ -241,6 +247,8 @@ def update(ctx: click.Context, key_id: str, scopes: tuple[str, ...], routes: tup
             changes[name] = json.dumps([] if values == ("none",) else list(values))
     if rate is not None:
         changes["rate"] = None if rate == "none" else rate
+    if max_in_flight is not None:
+        changes["max_in_flight"] = str(max_in_flight) if max_in_flight else None
     if expires is not None:
         if expires == "never":
             changes["expires_at"] = None
@@ -250,8 +258,8 @@ def update(ctx: click.Context, key_id: str, scopes: tuple[str, ...], routes: tup
             except ValueError as err:
                 raise click.BadParameter(str(err), param_hint="--expires") from None
     if not changes:
-        raise click.UsageError("nothing to change: give --scope, --route, --model, --rate "
-                               "or --expires")
+        raise click.UsageError("nothing to change: give --scope, --route, --model, --rate, "
+                               "--max-in-flight or --expires")
     with _store(ctx) as store:
         record = store.update(_key_id(ctx, key_id), changes)
     _print_record(record, fmt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -67,6 +68,8 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         self._answer(200 if body else 404, body or {"error": "not found"})
 
     def do_POST(self) -> None:
+        # Tests of requests in flight ask for a slow answer.
+        time.sleep(min(float(self.headers.get("X-Upstream-Delay") or 0), 10.0))
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         make = _POST.get(self.path.split("?", 1)[0])

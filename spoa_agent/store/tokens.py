@@ -50,6 +50,7 @@ class KeyRecord:
     routes: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     rate: str | None = None
+    max_in_flight: int | None = None
     created_at: float = field(default_factory=time.time)
     expires_at: float | None = None
     revoked_at: float | None = None
@@ -81,6 +82,8 @@ class KeyRecord:
         for name in ("rate", "prev_hash"):
             if name in data:
                 kwargs[name] = data[name]
+        if "max_in_flight" in data:
+            kwargs["max_in_flight"] = int(data["max_in_flight"])
         return cls(**kwargs)
 
     def status(self, now: float) -> str:
@@ -95,7 +98,8 @@ class KeyRecord:
         return {
             "id": self.key_id, "name": self.name, "status": self.status(now),
             "scopes": list(self.scopes), "routes": list(self.routes), "models": list(self.models),
-            "rate": self.rate, "created_at": self.created_at, "expires_at": self.expires_at,
+            "rate": self.rate, "max_in_flight": self.max_in_flight,
+            "created_at": self.created_at, "expires_at": self.expires_at,
             "revoked_at": self.revoked_at, "last_used_at": self.last_used_at,
             "previous_secret_valid_until": self.prev_hash_until,
         }

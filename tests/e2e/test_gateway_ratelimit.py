@@ -58,3 +58,20 @@ def test_redis_dies_and_returns(haproxy: str, tmp_path: Path, mode: str) -> None
         while "ratelimit" not in request(gw, "GET", "/api/tags", bearer(key))[1]:
             assert time.monotonic() - back < 2.0, "not rate limiting again within 2 s"
             time.sleep(0.05)
+
+
+def test_requests_in_flight_per_key(gw: Gateway) -> None:
+    key = str(create_key(gw, "--name", "parallel", "--max-in-flight", "2")["token"])
+    slow = {**bearer(key), "X-Upstream-Delay": "1.5"}
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        answers = list(pool.map(lambda _: request(gw, "POST", "/api/chat", slow, b"{}"),
+                                range(5)))
+    statuses = collections.Counter(status for status, _, _ in answers)
+    assert statuses == {200: 2, 429: 3}
+    refused = [(h, body) for status, h, body in answers if status == 429]
+    assert all(h["retry-after"] == "1" and b"too_many_in_flight" in body for h, body in refused)
+    # Finished (and refused) requests no longer count.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        again = list(pool.map(lambda _: request(gw, "POST", "/api/chat", slow, b"{}")[0],
+                              range(2)))
+    assert again == [200, 200]
