@@ -159,6 +159,8 @@ class Row:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    requests: int = 0
+    redis_per_request: float | None = None  # script calls and lookups per request
     ratio: float = 1.0
 
 
@@ -179,8 +181,10 @@ def parse_wrk(name: str, out: str) -> Row:
     # wrk counts status >= 400 here, whatever the line says.
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    total = re.search(r"^\s*(\d+) requests in", out, re.M)
     return Row(
         name=name,
+        requests=int(total.group(1)) if total else 0,
         requests_per_s=float(rate.group(1)),
         p50_ms=_percentile_ms(out, 50),
         p99_ms=_percentile_ms(out, 99),
@@ -236,6 +240,37 @@ class Plan:
     name: str
     workers: int | None = None  # None: HAProxy alone (the ceiling)
     api_key: bool = False  # False: keys off, the agent only matches routes (trivial handler)
+    limits: bool = False  # three limits per request (key, address, global), never reached
+
+
+NO_LIMIT = '""'
+HIGH = '"100000000/m"'  # checked on every request, never refusing
+
+
+def agent_config(plan: Plan, workdir: Path) -> Path:
+    """The example config, with keys and the three limits switched as the row says."""
+    if not plan.api_key:
+        return policy_only_config(AGENT_CONFIG, workdir / "policy-only.toml")
+    text = AGENT_CONFIG.read_text()
+    value = HIGH if plan.limits else NO_LIMIT
+    text = re.sub(r'^(per_key|per_ip) = ".*"', rf"\1 = {value}", text, flags=re.M)
+    text = text.replace('# global = "3000/m"', f"global = {value}")
+    path = workdir / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+# What the agent sends on the request path. Commands a script runs inside
+# Redis (GET, SET, TIME, ...) show in commandstats too, but cost no round trip.
+ROUND_TRIP_COMMANDS = {"evalsha", "eval", "hgetall"}
+
+
+def redis_round_trips(gateway: Gateway) -> int:
+    """Commands the agent has sent Redis so far (INFO commandstats)."""
+    out = subprocess.run(["redis-cli", "-p", str(gateway.redis_port), "info", "commandstats"],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    return sum(int(calls) for name, calls in re.findall(r"cmdstat_(\w+):calls=(\d+)", out)
+               if name in ROUND_TRIP_COMMANDS)
 
 
 def bench_gateway(plan: Plan, haproxy: str, workdir: Path, duration: int,
@@ -249,20 +284,21 @@ def bench_gateway(plan: Plan, haproxy: str, workdir: Path, duration: int,
         if plan.workers is None:
             gateway.start_haproxy(haproxy, CEILING_CFG)
         else:
-            config = AGENT_CONFIG
+            config = agent_config(plan, workdir)
             if plan.api_key:
                 gateway.start_redis()
                 created = gateway.spoa_agent("token", "create", "--name", "bench",
                                              "--format", "json")
                 headers = {"Authorization": f"Bearer {json.loads(created.stdout)['token']}"}
-            else:
-                config = policy_only_config(AGENT_CONFIG, workdir / "policy-only.toml")
             gateway.start_agent(config, plan.workers)  # before HAProxy's first check
             gateway.start_haproxy(haproxy, SPOE_CFG)
             expect_status(gateway.url + DENIED_PATH, 403, headers)
         # The first allowed request pays argon2id once; wrk then hits the cache.
         expect_status(gateway.url + ALLOWED_PATH, 200, headers)
+        before = redis_round_trips(gateway) if plan.api_key else 0
         row = run_wrk(plan.name, gateway.url + ALLOWED_PATH, duration, connections, headers)
+        if plan.api_key and row.requests:
+            row.redis_per_request = (redis_round_trips(gateway) - before) / row.requests
         for proc in gateway.processes.values():
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"{proc.name} exited during the run; see {proc.log_path}")
@@ -279,12 +315,13 @@ def bench_gateway(plan: Plan, haproxy: str, workdir: Path, duration: int,
 
 def markdown(rows: list[Row]) -> str:
     lines = [
-        "| row | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| row | req/s | p50 ms | p99 ms | non-2xx | Redis calls/req | ratio to ceiling |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        redis_calls = "-" if row.redis_per_request is None else f"{row.redis_per_request:.2f}"
         lines.append(f"| {row.name} | {row.requests_per_s:,.0f} | {row.p50_ms:.2f} | "
-                     f"{row.p99_ms:.2f} | {row.non_2xx} | {row.ratio:.2f} |")
+                     f"{row.p99_ms:.2f} | {row.non_2xx} | {redis_calls} | {row.ratio:.2f} |")
     return "\n".join(lines)
 
 
@@ -333,8 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     plans = [
         Plan("haproxy answers itself"),
         Plan("SPOE + agent, trivial handler (routes only)", workers=1),
-        Plan("SPOE + agent, cached API key + route, 1 worker", workers=1, api_key=True),
-        Plan("SPOE + agent, cached API key + route, 2 workers", workers=2, api_key=True),
+        Plan("SPOE + agent, cached API key + route, no limits", workers=1, api_key=True),
+        Plan("SPOE + agent, cached key + route + 3 limits, 1 worker", workers=1, api_key=True,
+             limits=True),
+        Plan("SPOE + agent, cached key + route + 3 limits, 2 workers", workers=2,
+             api_key=True, limits=True),
     ]
     rows = []
     for index, plan in enumerate(plans):

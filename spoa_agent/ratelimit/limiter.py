@@ -9,6 +9,7 @@ request). When Redis cannot answer within the client's timeout, each limit's
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from spoa_agent.cache import TtlLru
 from spoa_agent.ratelimit.breaker import CircuitBreaker
@@ -47,6 +49,10 @@ class Verdict:
 UNLIMITED = Verdict(True)
 
 
+# One queued script call: its keys, its arguments, where its answer goes.
+_Call = tuple[list[str], list[int], "asyncio.Future[list[int]]"]
+
+
 def _seconds_up(microseconds: int) -> int:
     return math.ceil(microseconds / 1_000_000)
 
@@ -64,7 +70,9 @@ class RateLimiter:
         self.log = log
         self.breaker = breaker or CircuitBreaker()
         self.clock = clock
-        self._script = client.register_script(GCRA_SCRIPT)
+        self._sha = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
+        self._queue: list[_Call] = []
+        self._sending: set[asyncio.Task[None]] = set()
         # limit key -> (refused until, on our monotonic clock); bounded.
         self.refusing: TtlLru[float] = TtlLru(cache_size, max_age=86400.0)
         self.calls = 0
@@ -93,24 +101,74 @@ class RateLimiter:
         return None
 
     async def check(self, limits: Sequence[Limit]) -> Verdict:
-        """One script call for all limits; call quick() first."""
+        """One script call for all limits; call quick() first.
+
+        Calls made in the same turn of the event loop leave together in one
+        pipeline (one write, one read): a request still costs one script
+        call, and a burst costs one round trip instead of one each.
+        """
         now = self.clock()
         args: list[int] = []
         for limit in limits:
             args += [limit.rate.interval_us, limit.rate.tolerance_us]
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._queue.append(([limit.key for limit in limits], args, future))
+        if len(self._queue) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
         try:
-            self.calls += 1
+            result = await future
+        except (redis.RedisError, OSError, TimeoutError):
+            return self._without_redis(limits)  # logged once per batch by _send
+        return self._verdict(limits, result, now)
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Call], reloaded: bool = False) -> None:
+        self.calls += len(batch)
+        try:
             # The client's socket timeouts bound Redis itself (connect, each
-            # read); waiting for a pooled connection under a burst is not
-            # counted against Redis.
-            result = await self._script(keys=[limit.key for limit in limits], args=args)
-        except (redis.RedisError, OSError, TimeoutError) as err:
+            # read); waiting for a pooled connection is not counted against it.
+            results = await self._evalsha_all(batch)
+        except Exception as err:  # every waiting request must get its answer
             self.breaker.failure(self.clock())
             self.log.warning("ratelimit_redis_error", error=str(err) or type(err).__name__,
-                             breaker=self.breaker.state)
-            return self._without_redis(limits)
-        self.breaker.success()
-        return self._verdict(limits, [int(x) for x in result], now)
+                             breaker=self.breaker.state, requests=len(batch))
+            failure = err if isinstance(err, redis.RedisError) else redis.RedisError(str(err))
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        if any(isinstance(r, redis.ConnectionError | redis.TimeoutError | OSError)
+               for r in results):
+            self.breaker.failure(self.clock())  # per call errors (Cluster)
+        else:
+            self.breaker.success()
+        missing = [call for call, result in zip(batch, results, strict=True)
+                   if isinstance(result, NoScriptError)]
+        if missing and not reloaded and await self.load():  # Redis restarted empty
+            await self._send(missing, reloaded=True)
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result([int(x) for x in result])
+
+    async def _evalsha_all(self, batch: list[_Call]) -> list[Any]:
+        if isinstance(self.client, redis.asyncio.RedisCluster):
+            # redis-py refuses EVALSHA in a Cluster pipeline: one call each.
+            return list(await asyncio.gather(
+                *(self.client.evalsha(self._sha, len(keys), *keys, *args)
+                  for keys, args, _ in batch), return_exceptions=True))
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.evalsha(self._sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     def _verdict(self, limits: Sequence[Limit], result: list[int], now: float) -> Verdict:
         admitted = result[0] == 1

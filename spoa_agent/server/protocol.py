@@ -69,7 +69,8 @@ class SpopProtocol(asyncio.Protocol):
         self.conn.receive_data(data)
         # ACKs answered inline while handling this chunk leave in one write
         # (one syscall instead of one per frame); frames are never split.
-        self._batch = []
+        if self._batch is None:
+            self._batch = []
         try:
             self._pump()
         finally:
@@ -218,11 +219,13 @@ class SpopProtocol(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         # Whole frames only: some HAProxy versions mishandle a frame split
-        # across writes (a HELLO over two TCP segments).
-        if self._batch is not None:
-            self._batch.append(data)
-        elif self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        # across writes (a HELLO over two TCP segments). Frames written in one
+        # turn of the event loop (ACKs of handlers that finished together)
+        # leave in one write.
+        if self._batch is None:
+            self._batch = []
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batch.append(data)
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, None

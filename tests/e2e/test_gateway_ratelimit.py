@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spoa_agent.demo.stack import gateway
+from spoa_agent.demo.stack import Gateway, gateway
 from tests.conftest import EXAMPLE_CONFIG
 from tests.e2e.client import bearer, request
 from tests.e2e.conftest import create_key
