@@ -237,11 +237,29 @@ class Gateway:
             "AGENT_ADDR": f"127.0.0.1:{self.agent_port}",
             "UPSTREAM_ADDR": f"127.0.0.1:{self.upstream_port}",
             "HAPROXY_RUN_DIR": str(self.workdir),
+            "HAPROXY_BANLIST": str(self.banlist),
         }
 
+    @property
+    def banlist(self) -> Path:
+        """The addresses fail2ban banned (haproxy.cfg's HAPROXY_BANLIST)."""
+        return self.workdir / "banned.lst"
+
     def start_haproxy(self, binary: str, cfg: Path = HAPROXY_CFG) -> Process:
+        self.banlist.touch()
         proc = spawn("haproxy", [binary, "-db", "-f", str(cfg)], self.workdir,
                      env=self.haproxy_env(), cwd=REPO)
+        wait_for_port(self.gateway_port, proc.popen)
+        self.processes["haproxy"] = proc
+        return proc
+
+    def reload_haproxy(self, binary: str, cfg: Path = HAPROXY_CFG) -> Process:
+        """A new HAProxy takes over from the running one (-sf), as a reload does."""
+        old = self.processes["haproxy"]
+        proc = spawn("haproxy-reloaded", [binary, "-db", "-f", str(cfg), "-sf",
+                                          str(old.popen.pid)],
+                     self.workdir, env=self.haproxy_env(), cwd=REPO)
+        old.popen.wait(timeout=10)  # the old one leaves once the new one listens
         wait_for_port(self.gateway_port, proc.popen)
         self.processes["haproxy"] = proc
         return proc
@@ -256,6 +274,7 @@ class Gateway:
 def gateway(workdir: Path, haproxy: str, config: Path, workers: int = 1,
             persistent_redis: bool = False) -> Iterator[Gateway]:
     """Redis, upstream, agent, then HAProxy (so its first health check finds the agent)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     gw = Gateway(workdir)
     try:
         gw.start_redis(persistent_redis)

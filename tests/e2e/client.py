@@ -8,8 +8,11 @@ from spoa_agent.demo.stack import Gateway
 
 
 def request(gw: Gateway, method: str, path: str, headers: dict[str, str] | None = None,
-            body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", gw.gateway_port, timeout=10)
+            body: bytes | None = None,
+            source: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """`source`: the loopback address to send from (127.0.0.x), as another client."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.gateway_port, timeout=10,
+                                      source_address=(source, 0) if source else None)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
