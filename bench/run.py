@@ -148,6 +148,29 @@ def bench_keys(count: int) -> tuple[float, float]:
     return cached, cold
 
 
+def bench_logging(count: int) -> tuple[float, float]:
+    """Nanoseconds per log call: a filtered debug call, and a JSON denial line."""
+    from spoa_agent import logging as agent_logging
+
+    sink = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    agent_logging.configure("info", sink)
+    log = agent_logging.get_logger()
+    fields = {"ip": "192.0.2.7", "reason": "route_not_allowed", "method": "POST",
+              "host": "gw.example.com", "path": "/api/pull", "user_agent": "curl/8",
+              "status": 403, "duration": 12345}
+    start = time.perf_counter_ns()
+    for _ in range(count):
+        log.debug("policy_denied", **fields)
+    filtered = (time.perf_counter_ns() - start) / count
+    start = time.perf_counter_ns()
+    for _ in range(count // 10):
+        log.warning("policy_denied", **fields)
+    emitted = (time.perf_counter_ns() - start) / (count // 10)
+    structlog.reset_defaults()
+    sink.close()
+    return filtered, emitted
+
+
 # --- wrk --------------------------------------------------------------------
 
 
@@ -358,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     encode_rate = bench_encode(args.count)
     print(f"  NOTIFY decoded: {decode_rate:,.0f}/s (AgentConnection, {BATCH} frames per read)")
     print(f"  ACK encoded:    {encode_rate:,.0f}/s (4 SetVar)")
+    filtered_ns, line_ns = bench_logging(args.count)
+    print(f"logging: {filtered_ns:,.0f} ns per filtered debug call, "
+          f"{line_ns / 1000:,.1f} us per JSON line written")
     cached_rate, cold_rate = bench_keys(args.count)
     print(f"keys verified: {cached_rate:,.0f}/s cached (Authenticator.quick), "
           f"{cold_rate:,.1f}/s cold (argon2id, one thread)")
@@ -395,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "codec": {"frames": args.count, "notify_decoded_per_s": decode_rate,
                   "ack_encoded_per_s": encode_rate, "notify_batch": BATCH},
         "keys": {"cached_per_s": cached_rate, "argon2id_per_s": cold_rate},
+        "logging": {"filtered_debug_ns": filtered_ns, "json_line_ns": line_ns},
         "wrk": wrk,
         "rows": [asdict(row) for row in rows],
     }

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,29 +124,33 @@ class RequestChecker:
         self.limits = config.ratelimit
         self.limiter: RateLimiter | None = None  # set once Redis is connected
         self.log = log
+        self.log_successes = config.log.successes
 
     def __call__(self, message: Message) -> Actions | Awaitable[Actions]:
         args = message.args
+        started = time.perf_counter_ns()  # the agent's latency, in log lines
         if self.auth is None:
-            return self._decide(args, None)
+            return self._decide(args, None, started)
         token = credential(args)
         if type(token) is AuthFailure:
-            return self._decide(args, token)
+            return self._decide(args, token, started)
         assert isinstance(token, str)
         result = self.auth.quick(token)
         if result is None:
-            return self._decide_later(args, token)
-        return self._decide(args, result)
+            return self._decide_later(args, token, started)
+        return self._decide(args, result, started)
 
-    async def _decide_later(self, args: Mapping[str, Value], token: str) -> Actions:
+    async def _decide_later(self, args: Mapping[str, Value], token: str,
+                            started: int) -> Actions:
         assert self.auth is not None
-        result = self._decide(args, await self.auth.verify_slow(token))
+        result = self._decide(args, await self.auth.verify_slow(token), started)
         return result if isinstance(result, Sequence) else await result
 
-    def _decide(self, args: Mapping[str, Value],
-                auth: Principal | AuthFailure | None) -> Actions | Awaitable[Actions]:
+    def _decide(self, args: Mapping[str, Value], auth: Principal | AuthFailure | None,
+                started: int) -> Actions | Awaitable[Actions]:
         if type(auth) is AuthFailure:
-            self._log_denial("auth_failed", args, auth.status, auth.reason, key_id=auth.key_id)
+            self._log_denial("auth_failed", args, started, auth.status, auth.reason,
+                             key_id=auth.key_id)
             return decision_vars(Decision(False, auth.status, auth.reason))
         decision = self.routes.decide(_text(args, "method"), _text(args, "path"))
         principal = auth if type(auth) is Principal else None
@@ -153,21 +158,23 @@ class RequestChecker:
                 and decision.rule not in principal.routes:
             decision = Decision(False, 403, "route_not_allowed_for_key", decision.rule)
         if not decision.allowed:
-            self._log_denial("policy_denied", args, decision.status, decision.reason,
+            self._log_denial("policy_denied", args, started, decision.status, decision.reason,
                              rule=decision.rule, key_id=principal.id if principal else "",
                              principal=principal.name if principal else "")
         elif self.limiter is not None:
             limits = self._limits_for(args, decision, principal)
             verdict = self.limiter.quick(limits)
             if verdict is None:
-                return self._limit_later(args, decision, principal, limits)
-            return self._answer(args, decision, principal, verdict)
-        return self._answer(args, decision, principal, UNLIMITED)
+                return self._limit_later(args, decision, principal, limits, started)
+            return self._answer(args, decision, principal, verdict, started)
+        return self._answer(args, decision, principal, UNLIMITED, started)
 
     async def _limit_later(self, args: Mapping[str, Value], decision: Decision,
-                           principal: Principal | None, limits: list[Limit]) -> Actions:
+                           principal: Principal | None, limits: list[Limit],
+                           started: int) -> Actions:
         assert self.limiter is not None
-        return self._answer(args, decision, principal, await self.limiter.check(limits))
+        return self._answer(args, decision, principal, await self.limiter.check(limits),
+                            started)
 
     def _limits_for(self, args: Mapping[str, Value], decision: Decision,
                     principal: Principal | None) -> list[Limit]:
@@ -194,11 +201,15 @@ class RequestChecker:
         return limits
 
     def _answer(self, args: Mapping[str, Value], decision: Decision,
-                principal: Principal | None, verdict: Verdict) -> Actions:
+                principal: Principal | None, verdict: Verdict, started: int) -> Actions:
+        if decision.allowed and verdict.admitted and self.log_successes:
+            self._log("info", "request_allowed", args, started, 200, decision.reason,
+                      rule=decision.rule, key_id=principal.id if principal else "",
+                      principal=principal.name if principal else "")
         if not verdict.admitted:
             decision = Decision(False, verdict.status, verdict.reason, decision.rule)
             self._log_denial("rate_limited" if verdict.status == 429 else "ratelimit_unavailable",
-                             args, verdict.status, verdict.reason, rule=decision.rule,
+                             args, started, verdict.status, verdict.reason, rule=decision.rule,
                              scope=verdict.limit.scope if verdict.limit else "",
                              key_id=principal.id if principal else "",
                              principal=principal.name if principal else "")
@@ -210,12 +221,18 @@ class RequestChecker:
                 out += (SetVar("max_in_flight", in_flight),)
         return out + ratelimit_vars(verdict) if verdict.limit is not None else out
 
-    def _log_denial(self, action: str, args: Mapping[str, Value], status: int, reason: str,
-                    **extra: str) -> None:
-        request = Request.from_args(args)  # only denials pay for it
-        self.log.warning(
+    def _log_denial(self, action: str, args: Mapping[str, Value], started: int, status: int,
+                    reason: str, **extra: str) -> None:
+        self._log("warning", action, args, started, status, reason, **extra)
+
+    def _log(self, level: str, action: str, args: Mapping[str, Value], started: int,
+             status: int, reason: str, **extra: str) -> None:
+        """One canonical line for a request (see logging.py for the key order)."""
+        request = Request.from_args(args)  # only logged requests pay for it
+        getattr(self.log, level)(
             action, ip=request.ip, reason=reason, method=request.method, host=request.host,
             path=request.path, user_agent=request.user_agent, status=status,
+            duration=time.perf_counter_ns() - started,
             **{key: value for key, value in extra.items() if value},
         )
 

@@ -66,6 +66,8 @@ class ServerConfig:
 class LogConfig:
     level: str = "info"
     file: str | None = None
+    # Also one line per allowed request (event.action request_allowed).
+    successes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +199,7 @@ def _server(reader: _Reader, data: Mapping[str, Any]) -> ServerConfig:
 
 
 def _log(reader: _Reader, data: Mapping[str, Any]) -> LogConfig:
-    reader.unknown(data, {"level", "file"}, "log")
+    reader.unknown(data, {"level", "file", "successes"}, "log")
     level = data.get("level", "info")
     if level not in LEVELS:
         reader.problem("log.level", f"must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -206,7 +208,11 @@ def _log(reader: _Reader, data: Mapping[str, Any]) -> LogConfig:
     if file is not None and not isinstance(file, str):
         reader.problem("log.file", "must be a path")
         file = None
-    return LogConfig(level=level, file=file)
+    successes = data.get("successes", False)
+    if not isinstance(successes, bool):
+        reader.problem("log.successes", "must be true or false")
+        successes = False
+    return LogConfig(level=level, file=file, successes=successes)
 
 
 def _redis(reader: _Reader, data: Mapping[str, Any]) -> RedisConfig:

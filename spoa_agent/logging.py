@@ -26,6 +26,7 @@ FIELD_NAMES = {
     "status": "http.response.status_code",
     "error": "error.message",
     "peer": "client.address",
+    "duration": "event.duration",  # nanoseconds, as ECS has it: the agent's own time
 }
 _FIRST = ("@timestamp", "log.level", "event.action", "source.ip")
 
@@ -81,4 +82,6 @@ def open_log_file(path: str | None) -> IO[bytes] | None:
 
 
 def get_logger(**context: Any) -> Any:
-    return structlog.get_logger(**context)
+    """The configured logger itself, not a lazy proxy: a filtered-out call then
+    costs a method call (~0.1 us) instead of a proxy lookup per call."""
+    return structlog.get_logger(**context).bind()

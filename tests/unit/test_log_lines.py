@@ -1,0 +1,69 @@
+"""The log line contract fail2ban relies on: key order, names, escaping,
+and that secrets never appear. Real logger, real checker, no Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import structlog
+
+from spoa_agent import logging as agent_logging
+from spoa_agent.app import RequestChecker
+from spoa_agent.config import load_config
+from spoa_agent.spop import Message
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agent.example.toml"
+FIRST_KEYS = ["@timestamp", "log.level", "event.action", "source.ip"]
+
+
+def lines_for(*messages: dict[str, object], successes: bool = False) -> list[dict[str, object]]:
+    stream = io.BytesIO()
+    agent_logging.configure("info", stream)  # type: ignore[arg-type]
+    try:
+        config = load_config(EXAMPLE, env={})
+        config = replace(config, log=replace(config.log, successes=successes))
+        checker = RequestChecker(config, None, agent_logging.get_logger())
+        for args in messages:
+            checker(Message("check-request", args))  # type: ignore[arg-type]
+    finally:
+        structlog.reset_defaults()
+    raw = stream.getvalue().decode()
+    assert raw == "" or raw.endswith("\n")
+    assert all(line.startswith('{"@timestamp":"') for line in raw.splitlines())
+    return [json.loads(line) for line in raw.splitlines()]
+
+
+def request(path: str, **extra: object) -> dict[str, object]:
+    return {"ip": IPv4Address("192.0.2.7"), "method": "POST", "host": "gw", "path": path,
+            "user_agent": "curl", **extra}
+
+
+def test_key_order_and_names() -> None:
+    (line,) = lines_for(request("/api/pull"))
+    assert list(line)[:4] == FIRST_KEYS
+    assert line["event.action"] == "policy_denied"
+    assert line["source.ip"] == "192.0.2.7"
+    assert line["@timestamp"].endswith("Z")  # type: ignore[union-attr]
+    for key in ("event.reason", "http.request.method", "url.domain", "url.path",
+                "user_agent.original", "http.response.status_code", "event.duration"):
+        assert key in line, key
+    assert isinstance(line["event.duration"], int) and line["event.duration"] > 0
+
+
+def test_client_text_cannot_break_a_line_or_move_the_address() -> None:
+    fake = '","source.ip":"203.0.113.9"}\n{"@timestamp":"x","source.ip":"203.0.113.9'
+    lines = lines_for(request("/api/pull" + fake, user_agent=fake, host=fake))
+    assert len(lines) == 1
+    assert lines[0]["source.ip"] == "192.0.2.7"
+    assert lines[0]["url.path"] == "/api/pull" + fake  # kept, escaped by JSON
+
+
+def test_successes_only_when_asked() -> None:
+    assert lines_for(request("/api/chat")) == []
+    (line,) = lines_for(request("/api/chat"), successes=True)
+    assert list(line)[:4] == FIRST_KEYS
+    assert (line["event.action"], line["log.level"]) == ("request_allowed", "info")
