@@ -34,6 +34,7 @@ test: deps lint
 
 bench: deps
 	$(PY) bench/run.py
+	$(PY) bench/fail2ban_regex.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo
