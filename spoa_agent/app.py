@@ -21,7 +21,8 @@ import structlog
 from spoa_agent.auth import Authenticator, AuthFailure, Principal, VerifierPool
 from spoa_agent.auth.authenticator import MAX_CREDENTIAL
 from spoa_agent.auth.hashing import SecretHasher
-from spoa_agent.config import Config
+from spoa_agent.auth.jwt import JwtConfigError, JwtVerifier
+from spoa_agent.config import Config, ConfigError, load_config
 from spoa_agent.policy import Decision, RouteTable
 from spoa_agent.ratelimit.limiter import UNLIMITED, RateLimiter, Verdict, limit_key
 from spoa_agent.ratelimit.limits import Limit, parse_rate
@@ -119,12 +120,23 @@ _cached_rate = functools.lru_cache(maxsize=1024)(parse_rate)
 
 class RequestChecker:
     def __init__(self, config: Config, authenticator: Authenticator | None, log: Any) -> None:
-        self.routes = RouteTable(config.routes)
         self.auth = authenticator
-        self.limits = config.ratelimit
         self.limiter: RateLimiter | None = None  # set once Redis is connected
         self.log = log
+        self.use(config)
+
+    def use(self, config: Config) -> None:
+        """Switch to this configuration's policy (at start and on SIGHUP).
+
+        Each attribute is replaced whole, so a request sees either the old
+        policy or the new one, never a mix of half of each."""
+        routes = RouteTable(config.routes)
+        jwt = JwtVerifier(config.auth.issuers)  # reads key files: may fail, before any change
+        self.routes = routes
+        self.limits = config.ratelimit
         self.log_successes = config.log.successes
+        if self.auth is not None:
+            self.auth.jwt = jwt
 
     def __call__(self, message: Message) -> Actions | Awaitable[Actions]:
         args = message.args
@@ -246,6 +258,22 @@ def build_agent(config: Config, log: Any) -> Agent:
         authenticator = Authenticator(config.auth, None, verifier, log)
     checker = RequestChecker(config, authenticator, log)
     agent.register(CHECK_REQUEST, checker)
+
+    def reload() -> None:
+        if config.source == "<defaults>":
+            log.info("config_reload_skipped", error="no config file to read")
+            return
+        try:
+            fresh = load_config(config.source)
+            checker.use(fresh)
+        except (ConfigError, JwtConfigError) as err:
+            problems = err.problems if isinstance(err, ConfigError) else [str(err)]
+            log.error("config_reload_failed", error="; ".join(problems),
+                      reason="kept the running configuration")
+            return
+        log.info("config_reloaded", path=config.source, routes=len(fresh.routes))
+
+    agent.reload.append(reload)
     rl = config.ratelimit
     # Keys may carry their own rate, so a gateway with keys always limits.
     limits = config.auth.required or any((rl.per_key, rl.per_ip, rl.global_)) \

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spoa_agent.auth import Argon2Params, AuthSettings, JwtConfigError
-from spoa_agent.auth.jwt import load_issuer
+from spoa_agent.auth.jwt import JwtVerifier, load_issuer
 from spoa_agent.auth.keys import validate_prefix
 from spoa_agent.logging import LEVELS
 from spoa_agent.policy import Route, RouteError
@@ -265,7 +265,9 @@ def _auth(reader: _Reader, data: Mapping[str, Any], jwt: Mapping[str, Any]) -> A
         reader.unknown(item, {"issuer", "algorithms", "audience", "pem_file", "jwks_file",
                               "scopes_claim", "leeway"}, where)
         try:
-            issuers.append(load_issuer(item))
+            issuer = load_issuer(item)
+            JwtVerifier((issuer,))  # its key files must be readable now, not at first use
+            issuers.append(issuer)
         except KeyError as err:
             reader.problem(where, f"{err.args[0]} is required")
         except (JwtConfigError, TypeError, ValueError) as err:

@@ -22,6 +22,8 @@ class Agent:
         # Run in each serving process's event loop: clients, background tasks.
         self.startup: list[Callable[[], Awaitable[None]]] = []
         self.shutdown: list[Callable[[], Awaitable[None]]] = []
+        # Run on SIGHUP, in the loop: re-read configuration, keep connections.
+        self.reload: list[Callable[[], None]] = []
 
     def register(self, message_name: str, handler: Handler) -> None:
         if message_name in self.handlers:

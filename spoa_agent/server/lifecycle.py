@@ -29,6 +29,7 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: [hook() for hook in agent.reload])
 
     for hook in agent.startup:
         await hook()
@@ -55,7 +56,7 @@ async def serve(
         log.info("agent_stopping", connections=len(connections))
         server.close()
         await _drain(connections, settings.drain_timeout)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         for hook in agent.shutdown:
             await hook()

@@ -8,6 +8,7 @@ worker that dies at once (port taken, bad config) stops the whole group.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -29,6 +30,13 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    reload_requested = False
+
+    def request_reload(signum: int, _frame: object) -> None:
+        nonlocal reload_requested
+        reload_requested = True
+
+    signal.signal(signal.SIGHUP, request_reload)
 
     def start() -> tuple[BaseProcess, float]:
         process = context.Process(target=_worker_main, args=(target,), daemon=False)
@@ -40,6 +48,11 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
     exit_code = 0
     while not stopping:
         wait([process.sentinel for process, _ in workers], timeout=0.5)
+        if reload_requested:  # each worker re-reads its configuration
+            reload_requested = False
+            for process, _ in workers:
+                if process.pid is not None and process.exitcode is None:
+                    os.kill(process.pid, signal.SIGHUP)
         for index, (process, started) in enumerate(workers):
             if process.exitcode is None or stopping:
                 continue
@@ -69,4 +82,5 @@ def _worker_main(target: Callable[[], None]) -> None:
     # loop installs its own, a signal must act as it normally does.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it
     target()
