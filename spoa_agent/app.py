@@ -60,6 +60,16 @@ def _text(args: Mapping[str, Value], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _int(args: Mapping[str, Value], key: str) -> int:
+    """An integer argument; HAProxy sends a header (Content-Length) as a string."""
+    value = args.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return 0
+
+
 def credential(args: Mapping[str, Value]) -> str | AuthFailure:
     """The token from `Authorization: Bearer` or `x-api-key`, or why there is none."""
     authorization = _header(args, "authorization")
@@ -141,45 +151,80 @@ class RequestChecker:
     def __call__(self, message: Message) -> Actions | Awaitable[Actions]:
         args = message.args
         started = time.perf_counter_ns()  # the agent's latency, in log lines
-        if self.auth is None:
-            return self._decide(args, None, started)
+        decision = self.routes.decide(_text(args, "method"), _text(args, "path"),
+                                      _text(args, "host"))
+        if self.auth is None or (decision.route is not None and decision.route.public):
+            # No keys here, or the upstream does its own login (its own
+            # Authorization header must reach it untouched).
+            return self._decide(args, decision, None, started)
         token = credential(args)
         if type(token) is AuthFailure:
-            return self._decide(args, token, started)
+            return self._decide(args, decision, token, started)
         assert isinstance(token, str)
         result = self.auth.quick(token)
         if result is None:
-            return self._decide_later(args, token, started)
-        return self._decide(args, result, started)
+            return self._decide_later(args, decision, token, started)
+        return self._decide(args, decision, result, started)
 
-    async def _decide_later(self, args: Mapping[str, Value], token: str,
+    async def _decide_later(self, args: Mapping[str, Value], decision: Decision, token: str,
                             started: int) -> Actions:
         assert self.auth is not None
-        result = self._decide(args, await self.auth.verify_slow(token), started)
+        result = self._decide(args, decision, await self.auth.verify_slow(token), started)
         return result if isinstance(result, Sequence) else await result
 
-    def _decide(self, args: Mapping[str, Value], auth: Principal | AuthFailure | None,
+    def _decide(self, args: Mapping[str, Value], decision: Decision,
+                auth: Principal | AuthFailure | None,
                 started: int) -> Actions | Awaitable[Actions]:
         if type(auth) is AuthFailure:
             self._log_denial("auth_failed", args, started, auth.status, auth.reason,
                              key_id=auth.key_id)
             return decision_vars(Decision(False, auth.status, auth.reason))
-        decision = self.routes.decide(_text(args, "method"), _text(args, "path"))
         principal = auth if type(auth) is Principal else None
-        if decision.allowed and principal is not None and principal.routes \
-                and decision.rule not in principal.routes:
-            decision = Decision(False, 403, "route_not_allowed_for_key", decision.rule)
+        detail = ""
+        if decision.allowed:
+            decision, detail = self._route_checks(args, decision, principal)
         if not decision.allowed:
             self._log_denial("policy_denied", args, started, decision.status, decision.reason,
-                             rule=decision.rule, key_id=principal.id if principal else "",
+                             rule=decision.rule, detail=detail,
+                             key_id=principal.id if principal else "",
                              principal=principal.name if principal else "")
-        elif self.limiter is not None:
+            out = decision_vars(decision)
+            return (*out, SetVar("detail", detail)) if detail else out
+        if self.limiter is not None:
             limits = self._limits_for(args, decision, principal)
             verdict = self.limiter.quick(limits)
             if verdict is None:
                 return self._limit_later(args, decision, principal, limits, started)
             return self._answer(args, decision, principal, verdict, started)
         return self._answer(args, decision, principal, UNLIMITED, started)
+
+    def _route_checks(self, args: Mapping[str, Value], decision: Decision,
+                      principal: Principal | None) -> tuple[Decision, str]:
+        """What the matched route and the key ask beyond the path: the key's
+        own routes, scopes, the body size, the model. (Decision, detail)."""
+        route = decision.route
+        assert route is not None
+        if route.max_body is not None and _int(args, "content_length") > route.max_body:
+            return Decision(False, 413, "body_too_large", decision.rule), str(route.max_body)
+        if principal is None:
+            return decision, ""
+        if principal.routes and decision.rule not in principal.routes:
+            return Decision(False, 403, "route_not_allowed_for_key", decision.rule), ""
+        missing = route.scopes - principal.scopes
+        if missing:
+            return (Decision(False, 403, "missing_scope", decision.rule),
+                    " ".join(sorted(missing)))
+        if principal.models and route.model_in_body:
+            model = _text(args, "model")
+            if not model:
+                if _int(args, "content_length") > _int(args, "body_len"):
+                    # HAProxy could not hold the whole body to read the model.
+                    return Decision(False, 413, "body_too_large_for_model_check",
+                                    decision.rule), ""
+                return Decision(False, 400, "model_missing", decision.rule), ""
+            if model not in principal.models:
+                return Decision(False, 403, "model_not_allowed", decision.rule), model
+        return decision, ""
 
     async def _limit_later(self, args: Mapping[str, Value], decision: Decision,
                            principal: Principal | None, limits: list[Limit],
@@ -204,9 +249,9 @@ class RequestChecker:
         if config.per_ip is not None and ip is not None:
             limits.append(Limit("ip", limit_key("ip", str(ip)), config.per_ip.rate,
                                 config.per_ip.on_redis_error))
-        if decision.rate is not None:
-            limits.append(Limit("route", limit_key("route", decision.rule), decision.rate,
-                                config.on_redis_error))
+        if decision.route is not None and decision.route.rate is not None:
+            limits.append(Limit("route", limit_key("route", decision.rule),
+                                decision.route.rate, config.on_redis_error))
         if config.global_ is not None:
             limits.append(Limit("global", limit_key("global", "all"), config.global_.rate,
                                 config.global_.on_redis_error))
@@ -226,6 +271,8 @@ class RequestChecker:
                              key_id=principal.id if principal else "",
                              principal=principal.name if principal else "")
         out = decision_vars(decision)
+        if decision.route is not None and decision.route.public:
+            out += (SetVar("own_login", True),)  # haproxy.cfg keeps the credentials
         if principal is not None:
             out += principal_vars(principal)
             in_flight = principal.max_in_flight or self.limits.per_key_in_flight

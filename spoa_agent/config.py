@@ -18,7 +18,7 @@ from spoa_agent.auth import Argon2Params, AuthSettings, JwtConfigError
 from spoa_agent.auth.jwt import JwtVerifier, load_issuer
 from spoa_agent.auth.keys import validate_prefix
 from spoa_agent.logging import LEVELS
-from spoa_agent.policy import Route, RouteError
+from spoa_agent.policy import PRESET_NAMES, Route, RouteError, RouteTable, preset_routes
 from spoa_agent.ratelimit.limits import OnRedisError, Rate, parse_rate
 from spoa_agent.spop import DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE
 from spoa_agent.store.redis import DEFAULT_TIMEOUT, DEFAULT_URL, parse_url
@@ -234,7 +234,7 @@ def _redis(reader: _Reader, data: Mapping[str, Any]) -> RedisConfig:
 def _auth(reader: _Reader, data: Mapping[str, Any], jwt: Mapping[str, Any]) -> AuthSettings:
     d = AuthSettings()
     reader.unknown(data, {"required", "key_prefix", "cache_size", "cache_ttl", "failure_ttl",
-                          "argon2_workers", "argon2_max_pending", "argon2"}, "auth")
+                          "argon2_workers", "argon2_max_pending", "argon2", "scopes"}, "auth")
     required = data.get("required", d.required)
     if not isinstance(required, bool):
         reader.problem("auth.required", "must be true or false")
@@ -340,43 +340,132 @@ def _ratelimit(reader: _Reader, data: Mapping[str, Any]) -> RateLimitConfig:
     )
 
 
-def _routes(reader: _Reader, data: Any) -> tuple[Route, ...]:
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)b?", re.I)
+_SIZE_UNIT = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_ROUTE_KEYS = {"path", "prefix", "methods", "name", "rate", "host", "scopes", "auth",
+               "max_body", "model_in_body"}
+
+
+def parse_size(value: object) -> int:
+    """Bytes: an integer, or a string like "512k", "1m"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        return int(match.group(1)) * _SIZE_UNIT[match.group(2).lower()]
+    raise ValueError(f"expected a size like 1m or 512k, got {value!r}")
+
+
+def _strings(reader: _Reader, value: object, where: str) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        reader.problem(where, 'must be a list of strings, like ["chat"]')
+        return frozenset()
+    return frozenset(value)
+
+
+def _route(reader: _Reader, item: dict[str, Any], where: str) -> Route | None:
+    reader.unknown(item, _ROUTE_KEYS, where)
+    if ("path" in item) == ("prefix" in item):
+        reader.problem(where, "needs exactly one of path (exact or {template}) and prefix")
+        return None
+    path = item.get("path", item.get("prefix"))
+    methods = item.get("methods")
+    if not isinstance(path, str):
+        reader.problem(f"{where}.path", "must be a string")
+        return None
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        reader.problem(f"{where}.methods", "is required: a list like [\"GET\", \"POST\"]")
+        return None
+    auth = item.get("auth", "key")
+    if auth not in ("key", "none"):
+        reader.problem(f"{where}.auth", f'must be "key" or "none" (own login), got {auth!r}')
+    max_body = None
+    if "max_body" in item:
+        try:
+            max_body = parse_size(item["max_body"])
+        except ValueError as err:
+            reader.problem(f"{where}.max_body", str(err))
+    try:
+        return Route(
+            path, frozenset(m.upper() for m in methods), str(item.get("name", "")),
+            rate=_rate(reader, item["rate"], f"{where}.rate") if "rate" in item else None,
+            host=str(item.get("host", "")).lower(), prefix="prefix" in item,
+            scopes=_strings(reader, item.get("scopes", []), f"{where}.scopes"),
+            public=auth == "none", max_body=max_body,
+            model_in_body=bool(item.get("model_in_body", False)),
+        )
+    except RouteError as err:
+        reader.problem(where, str(err))
+        return None
+
+
+def _declared_scopes(reader: _Reader, auth: Mapping[str, Any]) -> frozenset[str] | None:
+    """[auth] scopes: the scopes that exist, if the config declares them."""
+    if "scopes" not in auth:
+        return None
+    return _strings(reader, auth["scopes"], "auth.scopes")
+
+
+def _presets(reader: _Reader, data: Any) -> list[Route]:
+    """`presets = ["ollama-safe", { name = "openai", host = "api.example.com" }]`."""
+    if not isinstance(data, list):
+        reader.problem("presets", "must be a list of preset names or tables")
+        return []
+    routes: list[Route] = []
+    for index, item in enumerate(data):
+        where = f"presets[{index}]"
+        spec = item if isinstance(item, dict) else {"name": item}
+        reader.unknown(spec, {"name", "host"}, where)
+        name, host = spec.get("name"), str(spec.get("host", "")).lower()
+        if name not in PRESET_NAMES:
+            reader.problem(where, f"unknown preset {name!r}; known: {', '.join(PRESET_NAMES)}")
+            continue
+        try:
+            routes += preset_routes(name, host)
+        except RouteError as err:
+            reader.problem(where, str(err))
+    return routes
+
+
+def _routes(reader: _Reader, data: Any, presets: Any, scopes: frozenset[str] | None
+            ) -> tuple[Route, ...]:
     if not isinstance(data, list):
         reader.problem("routes", "must be an array of tables ([[routes]])")
         return ()
-    routes = []
+    routes: list[Route] = []
     for index, item in enumerate(data):
         where = f"routes[{index}]"
         if not isinstance(item, dict):
             reader.problem(where, "must be a table")
             continue
-        reader.unknown(item, {"path", "methods", "name", "rate"}, where)
-        path, methods, name = item.get("path"), item.get("methods"), item.get("name", "")
-        rate = _rate(reader, item["rate"], f"{where}.rate") if "rate" in item else None
-        if not isinstance(path, str):
-            reader.problem(f"{where}.path", "is required and must be a string")
-            continue
-        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-            reader.problem(f"{where}.methods", "is required: a list like [\"GET\", \"POST\"]")
-            continue
-        try:
-            routes.append(Route(path, frozenset(m.upper() for m in methods), str(name), rate))
-        except RouteError as err:
-            reader.problem(where, str(err))
-    return tuple(routes)
+        route = _route(reader, item, where)
+        if route is not None:
+            if scopes is not None and route.scopes - scopes:
+                reader.problem(f"{where}.scopes", f"unknown scopes "
+                               f"{sorted(route.scopes - scopes)}; [auth] scopes lists "
+                               f"{sorted(scopes)}")
+            routes.append(route)
+    # Rules of the config's own first: they win over a preset's for the same path.
+    everything = tuple(routes + _presets(reader, presets))
+    for earlier, later in RouteTable(everything).shadowed():
+        origin = f" (preset {later.preset})" if later.preset else ""
+        reader.problem("routes", f"{later.label!r}{origin} can never apply: "
+                       f"{earlier.label!r} matches the same host, path and method first")
+    return everything
 
 
 def parse_config(data: Mapping[str, Any], source: str) -> Config:
     problems: list[str] = []
     reader = _Reader(source, problems)
-    reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "ratelimit", "routes"}, "")
+    reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "ratelimit", "presets",
+                          "routes"}, "")
     config = Config(
         server=_server(reader, reader.table(data, "server", "server")),
         log=_log(reader, reader.table(data, "log", "log")),
         redis=_redis(reader, reader.table(data, "redis", "redis")),
         auth=_auth(reader, reader.table(data, "auth", "auth"), reader.table(data, "jwt", "jwt")),
         ratelimit=_ratelimit(reader, reader.table(data, "ratelimit", "ratelimit")),
-        routes=_routes(reader, data.get("routes", [])),
+        routes=_routes(reader, data.get("routes", []), data.get("presets", []),
+                       _declared_scopes(reader, reader.table(data, "auth", "auth"))),
         source=source,
     )
     if problems:

@@ -1,16 +1,18 @@
-"""Route allowlist: which (method, path) pairs a request may use. Pure, no I/O.
+"""Route allowlist: which requests may pass, per host. Pure, no I/O.
 
-Default deny: a request no rule allows is refused. Exact paths are one dict
-lookup; templates (`/v1/models/{model}`) are compiled once into one regex.
-Paths are matched as HAProxy's `path` fetch gives them, byte for byte: an
-encoded, doubled or dotted variant of an allowed path matches nothing and is
-refused, so no spelling of a blocked endpoint can slip through.
+Default deny: a request no rule allows is refused. Per host, exact paths are
+one dict lookup, templates (`/v1/models/{model}`) one compiled regex, and
+prefixes a short list, longest first. Paths are matched as HAProxy's `path`
+fetch gives them, byte for byte: an encoded, doubled or dotted spelling of an
+allowed path matches nothing and is refused, and a prefix never admits a
+path with dot segments, `//` or encoded `.` or `/`, which an upstream might
+resolve to somewhere else.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from spoa_agent.ratelimit.limits import Rate
 
@@ -18,6 +20,8 @@ from spoa_agent.ratelimit.limits import Rate
 # "." or ".." segment, "%" escapes or "/".
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._:@+-]*"
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_UNSAFE = re.compile(r"/\.{1,2}(?:/|$)|//|%2[eEfF]|%5[cC]|\\")
+_HOST = re.compile(r"(?:\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -27,10 +31,17 @@ class RouteError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    path: str
+    path: str  # exact, a template, or with prefix=True the start of paths
     methods: frozenset[str]
     name: str = ""
     rate: Rate | None = None  # shared by every caller of this route
+    host: str = ""  # "" any host; "api.example.com"; "*.example.com"
+    prefix: bool = False
+    scopes: frozenset[str] = frozenset()  # a key needs all of them
+    public: bool = False  # the upstream does its own login: no key asked for
+    max_body: int | None = None  # bytes (Content-Length)
+    model_in_body: bool = False  # the JSON body names a model: key model lists apply
+    preset: str = ""  # where it came from, for messages
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -43,6 +54,10 @@ class Route:
         leftover = _PARAM.sub("", self.path)
         if "{" in leftover or "}" in leftover:
             raise RouteError(f"bad template {self.path!r}: use {{name}} for a whole segment")
+        if self.prefix and self.is_template:
+            raise RouteError("a prefix cannot be a template")
+        if self.host and not _HOST.fullmatch(self.host):
+            raise RouteError(f"bad host {self.host!r}: a name, or *.domain")
 
     @property
     def label(self) -> str:
@@ -59,55 +74,109 @@ class Decision:
     status: int
     reason: str
     rule: str = ""
-    rate: Rate | None = None  # the matched route's own limit
+    route: Route | None = field(default=None, compare=True)
 
 
 ALLOW = "allowed"
+NO_ROUTE = Decision(False, 403, "route_not_allowed")
+UNSAFE_PATH = Decision(False, 403, "path_not_normalized")
+
+
+def normalize_host(host: str) -> str:
+    """The Host header as routes name it: lower case, no port, no final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
+
+
+class _PathTable:
+    """The routes of one host: exact paths, templates, prefixes."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.exact: dict[str, list[Route]] = {}
+        by_template: dict[str, list[Route]] = {}
+        by_prefix: dict[str, list[Route]] = {}
+        for route in routes:
+            table = (by_prefix if route.prefix else
+                     by_template if route.is_template else self.exact)
+            table.setdefault(route.path, []).append(route)
+        self.templates = list(by_template.values())
+        # One alternation with a named group per template: one regex call
+        # whatever the number of templates.
+        self.template_re = re.compile("|".join(
+            f"(?P<t{i}>{_template_regex(path)})" for i, path in enumerate(by_template)
+        )) if by_template else None
+        self.prefixes = sorted(by_prefix.items(), key=lambda item: -len(item[0]))
+
+    def candidates(self, path: str) -> list[Route]:
+        found = self.exact.get(path)
+        if found:
+            return found
+        if self.template_re is not None:
+            match = self.template_re.fullmatch(path)
+            if match is not None and match.lastgroup is not None:
+                return self.templates[int(match.lastgroup[1:])]
+        for start, routes in self.prefixes:
+            if path.startswith(start):
+                return routes
+        return []
 
 
 class RouteTable:
     def __init__(self, routes: tuple[Route, ...]) -> None:
         self.routes = routes
-        self._exact: dict[str, list[Route]] = {}
-        by_template: dict[str, list[Route]] = {}
+        generic = [route for route in routes if not route.host]
+        named: dict[str, list[Route]] = {}
         for route in routes:
-            table = by_template if route.is_template else self._exact
-            table.setdefault(route.path, []).append(route)
-        templates = list(by_template)
-        self._templates = list(by_template.values())
+            if route.host:
+                named.setdefault(route.host, []).append(route)
+        # A host's own rules first, then the rules for any host.
+        self._hosts = {host: _PathTable(own + generic) for host, own in named.items()
+                       if not host.startswith("*.")}
+        self._wildcards = sorted(
+            ((host[1:], _PathTable(own + generic)) for host, own in named.items()
+             if host.startswith("*.")), key=lambda item: -len(item[0]))
+        self._any = _PathTable(generic)
         # One Decision object per route: callers may cache on it cheaply.
-        self._allowed = {route: Decision(True, 200, ALLOW, route.label, route.rate)
+        self._allowed = {route: Decision(True, 200, ALLOW, route.label, route)
                          for route in routes}
-        # One alternation with a named group per template: one regex call
-        # whatever the number of templates.
-        self._template_re = (
-            re.compile(
-                "|".join(
-                    f"(?P<t{i}>{_template_regex(path)})" for i, path in enumerate(templates)
-                )
-            )
-            if templates
-            else None
-        )
 
-    def _candidates(self, path: str) -> list[Route]:
-        found = self._exact.get(path)
-        if found:
-            return found
-        if self._template_re is not None:
-            match = self._template_re.fullmatch(path)
-            if match is not None and match.lastgroup is not None:
-                return self._templates[int(match.lastgroup[1:])]
-        return []
+    def _table(self, host: str) -> _PathTable:
+        if not self._hosts and not self._wildcards:
+            return self._any
+        host = normalize_host(host)
+        table = self._hosts.get(host)
+        if table is not None:
+            return table
+        for suffix, wildcard in self._wildcards:
+            if host.endswith(suffix):
+                return wildcard
+        return self._any
 
-    def decide(self, method: str, path: str) -> Decision:
-        candidates = self._candidates(path)
+    def decide(self, method: str, path: str, host: str = "") -> Decision:
+        candidates = self._table(host).candidates(path)
         if not candidates:
-            return Decision(False, 403, "route_not_allowed")
+            return NO_ROUTE
         for route in candidates:
             if method in route.methods:
+                if route.prefix and _UNSAFE.search(path):
+                    return UNSAFE_PATH
                 return self._allowed[route]
         return Decision(False, 403, "method_not_allowed", candidates[0].label)
+
+    def shadowed(self) -> list[tuple[Route, Route]]:
+        """(earlier, later) pairs where the later rule can never decide."""
+        seen: dict[tuple[str, str, bool, str], Route] = {}
+        pairs = []
+        for route in self.routes:
+            for method in sorted(route.methods):
+                key = (route.host, route.path, route.prefix, method)
+                if key in seen:
+                    pairs.append((seen[key], route))
+                    break
+                seen[key] = route
+        return pairs
 
 
 def _template_regex(path: str) -> str:

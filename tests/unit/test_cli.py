@@ -44,7 +44,7 @@ def test_check_usage_error_exits_2() -> None:
 
 def test_config_validate() -> None:
     code, out, _ = run("config", "validate", EXAMPLE)
-    assert code == 0 and "OK (11 routes)" in out
+    assert code == 0 and "OK (13 routes)" in out
 
 
 def test_config_validate_lists_problems(tmp_path: Path) -> None:

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from spoa_agent.config import ConfigError, Listen, load_config, parse_listen, parse_seconds
+from spoa_agent.config import (
+    ConfigError,
+    Listen,
+    load_config,
+    parse_listen,
+    parse_seconds,
+    parse_size,
+)
 from spoa_agent.store.redis import parse_url
 
 
@@ -139,3 +146,42 @@ def test_redis_password_and_tls() -> None:
 def test_bad_redis_urls(url: str) -> None:
     with pytest.raises(ValueError):
         parse_url(url)
+
+
+def test_presets_routes_and_their_problems(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+presets = ["ollama-safe", { name = "openai", host = "api.example.com" }, "nope"]
+[auth]
+scopes = ["chat"]
+[[routes]]
+name = "mine"
+methods = ["POST"]
+path = "/api/chat"
+scopes = ["chat", "admin"]
+max_body = "2m"
+[[routes]]
+prefix = "/ui/"
+path = "/ui/"
+methods = ["GET"]
+[[routes]]
+prefix = "/ui/"
+methods = ["GET"]
+auth = "maybe"
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    text = "\n".join(err.value.problems)
+    assert "presets[2]: unknown preset 'nope'" in text
+    assert "routes[0].scopes: unknown scopes ['admin']" in text
+    assert "routes[1]: needs exactly one of path" in text
+    assert "routes[2].auth" in text
+    assert "'ollama-chat' (preset ollama-safe) can never apply: 'mine'" in text
+
+
+def test_presets_load() -> None:
+    config = load_config(Path(__file__).resolve().parents[2] / "config" / "agent.example.toml",
+                         env={})
+    names = {route.name for route in config.routes}
+    assert {"ollama-chat", "openai-chat", "anthropic-messages"} <= names
+    assert all(route.model_in_body for route in config.routes if route.name == "ollama-chat")
+    assert parse_size("2m") == 2 * 1024 * 1024

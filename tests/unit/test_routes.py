@@ -86,3 +86,44 @@ def test_many_templates_each_match_their_own() -> None:
 def test_bad_routes_are_refused(path: str, methods: set[str]) -> None:
     with pytest.raises(RouteError):
         Route(path, frozenset(methods))
+
+
+def test_hosts_exact_wildcard_and_any() -> None:
+    table = RouteTable((
+        Route("/api/chat", frozenset({"POST"}), "hal", host="hal9000-api.example.com"),
+        Route("/api/chat", frozenset({"POST"}), "nodes", host="*.nodes.example.com"),
+        Route("/api/tags", frozenset({"GET"}), "anywhere"),
+    ))
+    assert table.decide("POST", "/api/chat", "HAL9000-api.example.com:443").rule == "hal"
+    assert table.decide("POST", "/api/chat", "brainiac.nodes.example.com").rule == "nodes"
+    assert not table.decide("POST", "/api/chat", "other.example.com").allowed
+    assert not table.decide("POST", "/api/chat", "").allowed
+    # Rules without a host apply on every host.
+    assert table.decide("GET", "/api/tags", "hal9000-api.example.com").rule == "anywhere"
+    assert table.decide("GET", "/api/tags", "x").rule == "anywhere"
+
+
+@pytest.mark.parametrize(("path", "allowed"), [
+    ("/ui/", True), ("/ui/index.html", True), ("/ui/a/b", True),
+    ("/ui/../api/pull", False), ("/ui/./x", False), ("/ui//x", False), ("/ui/..", False),
+    ("/ui/%2e%2e/api/pull", False), ("/ui/a%2Fb", False), ("/ui\\\\x", False),
+    ("/uix", False), ("/api/pull", False),
+])
+def test_prefix_never_admits_dot_segments_or_encoded_separators(path: str,
+                                                                allowed: bool) -> None:
+    table = RouteTable((Route("/ui/", frozenset({"GET"}), "ui", prefix=True),))
+    assert table.decide("GET", path).allowed is allowed
+
+
+def test_longest_prefix_wins() -> None:
+    table = RouteTable((Route("/", frozenset({"GET"}), "root", prefix=True),
+                        Route("/static/", frozenset({"GET"}), "static", prefix=True)))
+    assert table.decide("GET", "/static/a.css").rule == "static"
+    assert table.decide("GET", "/x").rule == "root"
+
+
+def test_shadowed_rules_are_found() -> None:
+    first = Route("/api/chat", frozenset({"POST"}), "mine")
+    second = Route("/api/chat", frozenset({"POST", "GET"}), "theirs")
+    other_host = Route("/api/chat", frozenset({"POST"}), "hal", host="hal.example.com")
+    assert RouteTable((first, second, other_host)).shadowed() == [(first, second)]

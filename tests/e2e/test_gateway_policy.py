@@ -1,0 +1,50 @@
+"""The example policy through real HAProxy: presets pass, blocked endpoints
+and unlisted paths get 403, a key limited to one model is refused another."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spoa_agent.demo.stack import Gateway
+from spoa_agent.policy import preset_routes
+from tests.e2e.client import bearer, request
+from tests.e2e.conftest import create_key
+
+ALLOWED = [(method, route.path.replace("{model}", "llama3.2:1b"))
+           for name in ("ollama-safe", "openai", "anthropic")
+           for route in preset_routes(name) for method in sorted(route.methods)]
+BLOCKED = [("POST", "/api/pull"), ("DELETE", "/api/delete"), ("POST", "/api/create"),
+           ("POST", "/api/push"), ("POST", "/api/copy"), ("GET", "/api/ps"),
+           ("GET", "/metrics"), ("POST", "/api/chat/"), ("POST", "//api/pull")]
+
+
+def test_every_preset_endpoint_passes_and_every_other_is_refused(gw: Gateway,
+                                                                  key: str) -> None:
+    for method, path in ALLOWED:
+        status, headers, _ = request(gw, method, path, bearer(key),
+                                     b'{"model":"llama3.2:1b"}' if method == "POST" else None)
+        assert "x-upstream-saw" in headers, (method, path, status)  # reached the upstream
+    for method, path in BLOCKED:
+        status, _, body = request(gw, method, path, bearer(key), b"{}")
+        assert status == 403, (method, path)
+        assert json.loads(body)["error"]["type"] == "permission_error"
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/v1/messages"])
+def test_a_key_limited_to_one_model(gw: Gateway, path: str) -> None:
+    key = str(create_key(gw, "--name", "one-model", "--model", "llama3.2:1b")["token"])
+    allowed = request(gw, "POST", path, bearer(key),
+                      b'{"messages":[{"role":"user","content":"hi"}],"model":"llama3.2:1b"}')
+    assert "x-upstream-saw" in allowed[1]
+    status, _, body = request(gw, "POST", path, bearer(key),
+                              b'{"messages":[],"model":"qwen2.5:72b"}')
+    assert status == 403
+    assert "qwen2.5:72b" in json.loads(body)["error"]["message"]
+    assert request(gw, "POST", path, bearer(key), b'{"messages":[]}')[0] == 400
+    assert request(gw, "POST", path, bearer(key), b"not json")[0] == 400
+    big = b'{"messages":"' + b"x" * 40000 + b'","model":"llama3.2:1b"}'
+    assert request(gw, "POST", path, bearer(key), big)[0] == 413
+    log = gw.processes["agent"].log()
+    assert '"event.reason":"model_not_allowed"' in log and '"detail":"qwen2.5:72b"' in log
