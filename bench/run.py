@@ -148,6 +148,30 @@ def bench_keys(count: int) -> tuple[float, float]:
     return cached, cold
 
 
+def bench_routes(count: int) -> dict[int, float]:
+    """Nanoseconds per route decision with 10, 100 and 1,000 rules (exact paths,
+    templates and prefixes in equal parts), looking up the last rule added."""
+    from spoa_agent.policy import Route, RouteTable
+
+    out = {}
+    for size in (10, 100, 1000):
+        routes = []
+        for i in range(size):
+            kind = i % 3
+            path = (f"/r{i}/x", f"/t{i}/{{id}}", f"/p{i}/")[kind]
+            routes.append(Route(path, frozenset({"GET"}), f"r{i}", prefix=kind == 2))
+        table = RouteTable(tuple(routes))
+        last = {kind: max(i for i in range(size) if i % 3 == kind) for kind in range(3)}
+        probes = [f"/r{last[0]}/x", f"/t{last[1]}/abc", f"/p{last[2]}/deep/path",
+                  "/nowhere/at/all"]
+        start = time.perf_counter_ns()
+        for _ in range(count // 10):
+            for probe in probes:
+                table.decide("GET", probe, "gw.example.com")
+        out[size] = (time.perf_counter_ns() - start) / (count // 10 * len(probes))
+    return out
+
+
 def bench_logging(count: int) -> tuple[float, float]:
     """Nanoseconds per log call: a filtered debug call, and a JSON denial line."""
     from spoa_agent import logging as agent_logging
@@ -381,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     encode_rate = bench_encode(args.count)
     print(f"  NOTIFY decoded: {decode_rate:,.0f}/s (AgentConnection, {BATCH} frames per read)")
     print(f"  ACK encoded:    {encode_rate:,.0f}/s (4 SetVar)")
+    route_ns = bench_routes(args.count)
+    print("route decision: " + ", ".join(f"{n:,} rules {ns:,.0f} ns"
+                                         for n, ns in route_ns.items()))
     filtered_ns, line_ns = bench_logging(args.count)
     print(f"logging: {filtered_ns:,.0f} ns per filtered debug call, "
           f"{line_ns / 1000:,.1f} us per JSON line written")
@@ -422,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                   "ack_encoded_per_s": encode_rate, "notify_batch": BATCH},
         "keys": {"cached_per_s": cached_rate, "argon2id_per_s": cold_rate},
         "logging": {"filtered_debug_ns": filtered_ns, "json_line_ns": line_ns},
+        "route_decision_ns_by_rules": route_ns,
         "wrk": wrk,
         "rows": [asdict(row) for row in rows],
     }

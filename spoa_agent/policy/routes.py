@@ -56,6 +56,8 @@ class Route:
             raise RouteError(f"bad template {self.path!r}: use {{name}} for a whole segment")
         if self.prefix and self.is_template:
             raise RouteError("a prefix cannot be a template")
+        if self.prefix and not self.path.endswith("/"):
+            raise RouteError(f"prefix {self.path!r} must end with '/' (a whole segment)")
         if self.host and not _HOST.fullmatch(self.host):
             raise RouteError(f"bad host {self.host!r}: a name, or *.domain")
 
@@ -90,35 +92,61 @@ def normalize_host(host: str) -> str:
     return host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
 
 
+def _stems(path: str) -> list[str]:
+    """The path's leading parts that end with "/", longest first:
+    /v1/models/x -> /v1/models/, /v1/, /."""
+    return [path[: i + 1] for i in range(len(path) - 1, -1, -1) if path[i] == "/"]
+
+
+class _Templates:
+    """Templates sharing one literal stem (`/v1/models/` for
+    `/v1/models/{model}`), compiled into one alternation."""
+
+    def __init__(self, by_path: dict[str, list[Route]]) -> None:
+        self.routes = list(by_path.values())
+        self.regex = re.compile("|".join(
+            f"(?P<t{i}>{_template_regex(path)})" for i, path in enumerate(by_path)))
+
+    def match(self, path: str) -> list[Route]:
+        found = self.regex.fullmatch(path)
+        if found is None or found.lastgroup is None:
+            return []
+        return self.routes[int(found.lastgroup[1:])]
+
+
 class _PathTable:
-    """The routes of one host: exact paths, templates, prefixes."""
+    """The routes of one host. A request costs dict lookups per "/" of its
+    path, however many rules there are: exact paths, then templates by their
+    literal stem, then prefixes (which end with "/"), longest first."""
 
     def __init__(self, routes: list[Route]) -> None:
         self.exact: dict[str, list[Route]] = {}
-        by_template: dict[str, list[Route]] = {}
-        by_prefix: dict[str, list[Route]] = {}
+        by_stem: dict[str, dict[str, list[Route]]] = {}
+        self.prefixes: dict[str, list[Route]] = {}
         for route in routes:
-            table = (by_prefix if route.prefix else
-                     by_template if route.is_template else self.exact)
-            table.setdefault(route.path, []).append(route)
-        self.templates = list(by_template.values())
-        # One alternation with a named group per template: one regex call
-        # whatever the number of templates.
-        self.template_re = re.compile("|".join(
-            f"(?P<t{i}>{_template_regex(path)})" for i, path in enumerate(by_template)
-        )) if by_template else None
-        self.prefixes = sorted(by_prefix.items(), key=lambda item: -len(item[0]))
+            if route.prefix:
+                self.prefixes.setdefault(route.path, []).append(route)
+            elif route.is_template:
+                literal = route.path.partition("{")[0]
+                stem = literal[: literal.rfind("/") + 1]
+                by_stem.setdefault(stem, {}).setdefault(route.path, []).append(route)
+            else:
+                self.exact.setdefault(route.path, []).append(route)
+        self.templates = {stem: _Templates(paths) for stem, paths in by_stem.items()}
 
     def candidates(self, path: str) -> list[Route]:
         found = self.exact.get(path)
         if found:
             return found
-        if self.template_re is not None:
-            match = self.template_re.fullmatch(path)
-            if match is not None and match.lastgroup is not None:
-                return self.templates[int(match.lastgroup[1:])]
-        for start, routes in self.prefixes:
-            if path.startswith(start):
+        stems = _stems(path)
+        if self.templates:
+            for stem in stems:
+                group = self.templates.get(stem)
+                if group is not None and (routes := group.match(path)):
+                    return routes
+        for stem in stems:
+            routes = self.prefixes.get(stem, [])
+            if routes:
                 return routes
         return []
 
