@@ -17,7 +17,9 @@ ALLOWED = [(method, route.path.replace("{model}", "llama3.2:1b"))
            for route in preset_routes(name) for method in sorted(route.methods)]
 BLOCKED = [("POST", "/api/pull"), ("DELETE", "/api/delete"), ("POST", "/api/create"),
            ("POST", "/api/push"), ("POST", "/api/copy"), ("GET", "/api/ps"),
-           ("GET", "/metrics"), ("POST", "/api/chat/"), ("POST", "//api/pull")]
+           ("GET", "/metrics"), ("POST", "/api/chat/"), ("POST", "//api/pull"),
+           ("POST", "/api/pull?x=1"), ("POST", "/api/%70ull"), ("POST", "/API/PULL"),
+           ("POST", "/v1/../api/pull"), ("POST", "/api/pull/")]
 
 
 def test_every_preset_endpoint_passes_and_every_other_is_refused(gw: Gateway,

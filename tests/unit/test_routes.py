@@ -42,6 +42,8 @@ DENIED = [
     ("POST", "/api/pull/", "route_not_allowed"),
     ("POST", "/API/PULL", "route_not_allowed"),
     ("POST", "/api/%70ull", "route_not_allowed"),
+    ("POST", "/api/pull?x=1", "route_not_allowed"),
+    ("POST", "/api/pull#x", "route_not_allowed"),
     ("POST", "/v1/../api/pull", "route_not_allowed"),
     ("GET", "/v1/models/..", "route_not_allowed"),
     ("GET", "/v1/models/a/b", "route_not_allowed"),
