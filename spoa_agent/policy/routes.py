@@ -159,20 +159,21 @@ class RouteTable:
         for route in routes:
             if route.host:
                 named.setdefault(route.host, []).append(route)
-        # A host's own rules first, then the rules for any host.
-        self._hosts = {host: _PathTable(own + generic) for host, own in named.items()
+        # A host's own rules decide first (even a prefix over another rule's
+        # exact path); the rules for any host only where its own match nothing.
+        self._hosts = {host: _PathTable(own) for host, own in named.items()
                        if not host.startswith("*.")}
         self._wildcards = sorted(
-            ((host[1:], _PathTable(own + generic)) for host, own in named.items()
+            ((host[1:], _PathTable(own)) for host, own in named.items()
              if host.startswith("*.")), key=lambda item: -len(item[0]))
         self._any = _PathTable(generic)
         # One Decision object per route: callers may cache on it cheaply.
         self._allowed = {route: Decision(True, 200, ALLOW, route.label, route)
                          for route in routes}
 
-    def _table(self, host: str) -> _PathTable:
+    def _own_table(self, host: str) -> _PathTable | None:
         if not self._hosts and not self._wildcards:
-            return self._any
+            return None
         host = normalize_host(host)
         table = self._hosts.get(host)
         if table is not None:
@@ -180,10 +181,12 @@ class RouteTable:
         for suffix, wildcard in self._wildcards:
             if host.endswith(suffix):
                 return wildcard
-        return self._any
+        return None
 
     def decide(self, method: str, path: str, host: str = "") -> Decision:
-        candidates = self._table(host).candidates(path)
+        own = self._own_table(host)
+        candidates = (own.candidates(path) if own is not None else []) \
+            or self._any.candidates(path)
         if not candidates:
             return NO_ROUTE
         for route in candidates:

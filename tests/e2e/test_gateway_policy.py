@@ -4,11 +4,13 @@ and unlisted paths get 403, a key limited to one model is refused another."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from spoa_agent.demo.stack import Gateway
+from spoa_agent.demo.stack import Gateway, gateway
 from spoa_agent.policy import preset_routes
+from tests.conftest import EXAMPLE_CONFIG
 from tests.e2e.client import bearer, request
 from tests.e2e.conftest import create_key
 
@@ -50,3 +52,25 @@ def test_a_key_limited_to_one_model(gw: Gateway, path: str) -> None:
     assert request(gw, "POST", path, bearer(key), big)[0] == 413
     log = gw.processes["agent"].log()
     assert '"event.reason":"model_not_allowed"' in log and '"detail":"qwen2.5:72b"' in log
+
+
+def test_own_login_host_keeps_its_credentials(haproxy: str, tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(EXAMPLE_CONFIG.read_text() + '''
+[[routes]]
+name = "openwebui"
+host = "chat.example.com"
+prefix = "/"
+methods = ["GET", "POST"]
+auth = "none"
+''')
+    with gateway(tmp_path / "gw", haproxy, config) as gw:
+        own = {"Host": "chat.example.com", "Authorization": "Bearer openwebui-session"}
+        status, headers, _ = request(gw, "GET", "/api/tags", own)
+        assert status == 200
+        assert "authorization" in headers["x-upstream-saw"].split(",")  # its own login
+        # Elsewhere a key is still required, and credentials are still removed.
+        assert request(gw, "GET", "/api/tags", {"Host": "gw.example.com"})[0] == 401
+        # A dotted path never rides the own-login prefix to the upstream.
+        status, headers, _ = request(gw, "GET", "/../api/pull", {"Host": "chat.example.com"})
+        assert status in (401, 403) and "x-upstream-saw" not in headers

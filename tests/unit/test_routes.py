@@ -129,3 +129,13 @@ def test_shadowed_rules_are_found() -> None:
     second = Route("/api/chat", frozenset({"POST", "GET"}), "theirs")
     other_host = Route("/api/chat", frozenset({"POST"}), "hal", host="hal.example.com")
     assert RouteTable((first, second, other_host)).shadowed() == [(first, second)]
+
+
+def test_a_hosts_own_prefix_wins_over_a_generic_exact_path() -> None:
+    table = RouteTable((
+        Route("/api/tags", frozenset({"GET"}), "generic-tags"),
+        Route("/", frozenset({"GET"}), "openwebui", host="chat.example.com", prefix=True,
+              public=True),
+    ))
+    assert table.decide("GET", "/api/tags", "chat.example.com").rule == "openwebui"
+    assert table.decide("GET", "/api/tags", "gw.example.com").rule == "generic-tags"
