@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from spoa_agent import metrics
 from spoa_agent.auth import Authenticator, AuthFailure, Principal, VerifierPool
 from spoa_agent.auth.authenticator import MAX_CREDENTIAL
 from spoa_agent.auth.hashing import SecretHasher
@@ -26,7 +27,8 @@ from spoa_agent.config import Config, ConfigError, load_config
 from spoa_agent.policy import Decision, RouteTable
 from spoa_agent.ratelimit.limiter import UNLIMITED, RateLimiter, Verdict, limit_key
 from spoa_agent.ratelimit.limits import Limit, parse_rate
-from spoa_agent.server import Actions, Agent
+from spoa_agent.server import Actions, Agent, Handler
+from spoa_agent.server.workers import worker_index
 from spoa_agent.spop import Action, Message, SetVar, Value
 from spoa_agent.store.redis import async_client, close, redacted, subscriber_client, warm_up
 from spoa_agent.store.tokens import KeyLookup, follow_changes
@@ -304,7 +306,9 @@ def build_agent(config: Config, log: Any) -> Agent:
         verifier = VerifierPool(SecretHasher(config.auth.argon2), config.auth.argon2_workers)
         authenticator = Authenticator(config.auth, None, verifier, log)
     checker = RequestChecker(config, authenticator, log)
-    agent.register(CHECK_REQUEST, checker)
+    agent.register(CHECK_REQUEST, _measured(checker))
+    if config.metrics.listen is not None:
+        _serve_metrics(agent, config, checker, log)
 
     def reload() -> None:
         if config.source == "<defaults>":
@@ -407,3 +411,66 @@ def explain(config: Config, method: str, path: str, host: str, ip: str,
     return CheckResult(answer["decision"] == "allow", int(str(answer["status"])),
                        str(answer["reason"]), str(answer["rule"]),
                        principal if isinstance(principal, str) else None)
+
+
+def _count(actions: Actions, started: float) -> Actions:
+    # decision_vars() always comes first: decision, status, reason, rule.
+    decision, reason = actions[0], actions[2]
+    if type(decision) is SetVar and type(reason) is SetVar:
+        metrics.count_decision(str(decision.value), str(reason.value),
+                               time.perf_counter() - started)
+    return actions
+
+
+def _measured(checker: RequestChecker) -> Handler:
+    """The checker, counting decisions and their time for Prometheus."""
+
+    async def later(pending: Awaitable[Actions], started: float) -> Actions:
+        return _count(await pending, started)
+
+    def handle(message: Message) -> Actions | Awaitable[Actions]:
+        started = time.perf_counter()
+        result = checker(message)
+        if isinstance(result, Sequence):
+            return _count(result, started)
+        return later(result, started)
+
+    return handle
+
+
+def _serve_metrics(agent: Agent, config: Config, checker: RequestChecker, log: Any) -> None:
+    servers: list[asyncio.Server] = []
+
+    async def health() -> dict[str, Any]:
+        report: dict[str, Any] = {"status": "ok", "config": config.source,
+                                  "routes": len(checker.routes.routes),
+                                  "worker": worker_index()}
+        limiter = checker.limiter
+        if limiter is not None:
+            try:
+                async with asyncio.timeout(0.25):
+                    report["redis"] = bool(await limiter.client.ping())
+            except Exception:  # any failure means: not reachable now
+                report["redis"] = False
+            report["ratelimit_breaker"] = limiter.breaker.state
+            if not report["redis"]:
+                report["status"] = "degraded"
+        return report
+
+    async def start() -> None:
+        listen = config.metrics.listen
+        assert listen is not None
+        port = listen.port + worker_index()
+        try:
+            servers.append(await metrics.start_server(listen.host, port, health))
+            log.info("metrics_listening", listen=f"{listen.host}:{port}")
+        except OSError as err:  # the agent serves on; only metrics are missing
+            log.error("metrics_listen_failed", listen=f"{listen.host}:{port}",
+                      error=err.strerror)
+
+    async def stop() -> None:
+        for server in servers:
+            server.close()
+
+    agent.startup.append(start)
+    agent.shutdown.append(stop)

@@ -28,6 +28,7 @@ ENV_LISTEN = "SPOA_AGENT_LISTEN"
 ENV_LOG_FILE = "SPOA_AGENT_LOG_FILE"
 ENV_REDIS_URL = "SPOA_AGENT_REDIS_URL"
 ENV_REDIS_PASSWORD = "SPOA_AGENT_REDIS_PASSWORD"
+ENV_METRICS_LISTEN = "SPOA_AGENT_METRICS_LISTEN"
 
 
 class ConfigError(Exception):
@@ -97,12 +98,19 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # Prometheus /metrics and /health; None: off. Worker i serves on port + i.
+    listen: Listen | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     auth: AuthSettings = field(default_factory=AuthSettings)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     routes: tuple[Route, ...] = ()
     source: str = "<defaults>"
 
@@ -398,6 +406,18 @@ def _route(reader: _Reader, item: dict[str, Any], where: str) -> Route | None:
         return None
 
 
+def _metrics(reader: _Reader, data: Mapping[str, Any]) -> MetricsConfig:
+    reader.unknown(data, {"listen"}, "metrics")
+    listen = data.get("listen", "")
+    if not listen:
+        return MetricsConfig()
+    try:
+        return MetricsConfig(parse_listen(str(listen)))
+    except ValueError as err:
+        reader.problem("metrics.listen", str(err))
+        return MetricsConfig()
+
+
 def _declared_scopes(reader: _Reader, auth: Mapping[str, Any]) -> frozenset[str] | None:
     """[auth] scopes: the scopes that exist, if the config declares them."""
     if "scopes" not in auth:
@@ -456,14 +476,15 @@ def _routes(reader: _Reader, data: Any, presets: Any, scopes: frozenset[str] | N
 def parse_config(data: Mapping[str, Any], source: str) -> Config:
     problems: list[str] = []
     reader = _Reader(source, problems)
-    reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "ratelimit", "presets",
-                          "routes"}, "")
+    reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "ratelimit", "metrics",
+                          "presets", "routes"}, "")
     config = Config(
         server=_server(reader, reader.table(data, "server", "server")),
         log=_log(reader, reader.table(data, "log", "log")),
         redis=_redis(reader, reader.table(data, "redis", "redis")),
         auth=_auth(reader, reader.table(data, "auth", "auth"), reader.table(data, "jwt", "jwt")),
         ratelimit=_ratelimit(reader, reader.table(data, "ratelimit", "ratelimit")),
+        metrics=_metrics(reader, reader.table(data, "metrics", "metrics")),
         routes=_routes(reader, data.get("routes", []), data.get("presets", []),
                        _declared_scopes(reader, reader.table(data, "auth", "auth"))),
         source=source,
@@ -503,6 +524,12 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         config = replace(config, redis=replace(config.redis, url=env[ENV_REDIS_URL]))
     if env.get(ENV_REDIS_PASSWORD):
         config = replace(config, redis=replace(config.redis, password=env[ENV_REDIS_PASSWORD]))
+    if env.get(ENV_METRICS_LISTEN):
+        try:
+            metrics = MetricsConfig(parse_listen(env[ENV_METRICS_LISTEN]))
+        except ValueError as err:
+            raise ConfigError([f"{ENV_METRICS_LISTEN}: {err}"]) from None
+        config = replace(config, metrics=metrics)
     if env.get(ENV_LOG_FILE):
         config = replace(config, log=replace(config.log, file=env[ENV_LOG_FILE]))
     return config

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from spoa_agent import metrics
 from spoa_agent.auth.hashing import Argon2Params, VerifierPool
 from spoa_agent.auth.jwt import IssuerConfig, JwtVerifier
 from spoa_agent.auth.keys import KeyFormatError, looks_like_key, parse_key
@@ -29,6 +30,8 @@ from spoa_agent.store.tokens import KeyLookup, KeyRecord
 # A credential longer than this is refused unread (HAProxy sends at most 4097
 # bytes of it, see spoe-agent.conf).
 MAX_CREDENTIAL = 4096
+CACHE_HIT = metrics.KEY_CACHE.labels("hit")
+CACHE_MISS = metrics.KEY_CACHE.labels("miss")
 # last_used_at is written at most this often per key and agent.
 TOUCH_EVERY = 60.0
 
@@ -104,12 +107,15 @@ class Authenticator:
             digest = token_digest(token)
             principal = self.verified.get(digest, now)
             if principal is not None:
+                CACHE_HIT.inc()
                 if principal.expires_at is not None and now >= principal.expires_at:
                     return AuthFailure(401, "expired_key", principal.id)
                 return principal
             failure = self.failures.get(digest, now)
             if failure is not None:
+                CACHE_HIT.inc()
                 return failure
+            CACHE_MISS.inc()
             try:
                 parse_key(token, prefix)
             except KeyFormatError as err:
@@ -149,6 +155,7 @@ class Authenticator:
         try:
             record = await self.lookup.get(parsed.key_id)
         except (redis.RedisError, OSError) as err:
+            metrics.REDIS_ERRORS.labels("keys").inc()
             self.log.error("store_error", error=str(err), key_id=parsed.key_id)
             return AuthFailure(503, "store_unavailable", parsed.key_id)
         now = self.clock()
@@ -156,8 +163,10 @@ class Authenticator:
         if failure is None:
             assert record is not None
             principal = principal_of(record)
+            metrics.ARGON2.inc()
             good = await self.verifier.verify(record.hash, parsed.secret)
             if not good and record.prev_hash and now < (record.prev_hash_until or 0):
+                metrics.ARGON2.inc()
                 good = await self.verifier.verify(record.prev_hash, parsed.secret)
                 # The old secret of a rotated key: cached only until its grace ends.
                 until = min(record.prev_hash_until or now, principal.expires_at or math.inf)

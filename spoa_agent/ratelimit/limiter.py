@@ -21,6 +21,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
+from spoa_agent import metrics
 from spoa_agent.cache import TtlLru
 from spoa_agent.ratelimit.breaker import CircuitBreaker
 from spoa_agent.ratelimit.limits import Limit, OnRedisError
@@ -135,6 +136,8 @@ class RateLimiter:
             results = await self._evalsha_all(batch)
         except Exception as err:  # every waiting request must get its answer
             self.breaker.failure(self.clock())
+            metrics.REDIS_ERRORS.labels("ratelimit").inc()
+            metrics.BREAKER_OPEN.set(self.breaker.state == "open")
             self.log.warning("ratelimit_redis_error", error=str(err) or type(err).__name__,
                              breaker=self.breaker.state, requests=len(batch))
             failure = err if isinstance(err, redis.RedisError) else redis.RedisError(str(err))
@@ -145,8 +148,10 @@ class RateLimiter:
         if any(isinstance(r, redis.ConnectionError | redis.TimeoutError | OSError)
                for r in results):
             self.breaker.failure(self.clock())  # per call errors (Cluster)
+            metrics.REDIS_ERRORS.labels("ratelimit").inc()
         else:
             self.breaker.success()
+        metrics.BREAKER_OPEN.set(self.breaker.state == "open")
         missing = [call for call, result in zip(batch, results, strict=True)
                    if isinstance(result, NoScriptError)]
         if missing and not reloaded and await self.load():  # Redis restarted empty

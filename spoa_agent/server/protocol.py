@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from spoa_agent import metrics
 from spoa_agent.config import ServerConfig
 from spoa_agent.server.agent import Actions, Agent
 from spoa_agent.spop import (
@@ -27,6 +28,8 @@ from spoa_agent.spop import (
     SpopError,
     Status,
 )
+
+NOTIFY_FRAMES = metrics.FRAMES.labels("notify")
 
 
 class SpopProtocol(asyncio.Protocol):
@@ -106,6 +109,7 @@ class SpopProtocol(asyncio.Protocol):
             kind = type(event)
             if kind is Notify:
                 assert isinstance(event, Notify)
+                NOTIFY_FRAMES.inc()
                 self._on_notify(event)
                 if len(self.tasks) >= self.settings.max_in_flight:
                     self._pause()
@@ -153,6 +157,7 @@ class SpopProtocol(asyncio.Protocol):
             return
         task = asyncio.get_running_loop().create_task(self._finish(notify, actions, pending))
         self.tasks.add(task)
+        metrics.IN_FLIGHT.inc()
         task.add_done_callback(self._task_done)
 
     async def _finish(
@@ -170,6 +175,7 @@ class SpopProtocol(asyncio.Protocol):
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
+        metrics.IN_FLIGHT.dec()
         if self._paused and len(self.tasks) < self.settings.max_in_flight:
             self._resume()
         if self._draining and not self.tasks:
@@ -208,6 +214,7 @@ class SpopProtocol(asyncio.Protocol):
         self._fail(SpopError(Status.TIMEOUT, "no HELLO received in time"))
 
     def _fail(self, err: SpopError) -> None:
+        metrics.PROTOCOL_ERRORS.labels(err.status.name.lower()).inc()
         self.log.warning("spop_protocol_error", status=int(err.status), error=err.message)
         self._disconnect(err.status, err.message)
 

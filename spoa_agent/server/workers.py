@@ -38,12 +38,12 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
 
     signal.signal(signal.SIGHUP, request_reload)
 
-    def start() -> tuple[BaseProcess, float]:
-        process = context.Process(target=_worker_main, args=(target,), daemon=False)
+    def start(index: int) -> tuple[BaseProcess, float]:
+        process = context.Process(target=_worker_main, args=(target, index), daemon=False)
         process.start()
         return process, time.monotonic()
 
-    workers = [start() for _ in range(count)]
+    workers = [start(index) for index in range(count)]
     log.info("workers_started", workers=count, pids=[p.pid for p, _ in workers])
     exit_code = 0
     while not stopping:
@@ -61,7 +61,7 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
                 stopping, exit_code = True, 1
                 break
             log.error("worker_died", pid=process.pid, code=process.exitcode)
-            workers[index] = start()
+            workers[index] = start(index)
 
     for process, _ in workers:
         if process.exitcode is None:
@@ -77,7 +77,16 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
 
 
 
-def _worker_main(target: Callable[[], None]) -> None:
+WORKER_INDEX = "SPOA_AGENT_WORKER_INDEX"
+
+
+def worker_index() -> int:
+    """0 in a single process; 0..N-1 among --workers N (metrics port offset)."""
+    return int(os.environ.get(WORKER_INDEX, "0"))
+
+
+def _worker_main(target: Callable[[], None], index: int) -> None:
+    os.environ[WORKER_INDEX] = str(index)
     # The fork inherited the supervisor's handlers; until the worker's event
     # loop installs its own, a signal must act as it normally does.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
