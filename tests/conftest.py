@@ -14,6 +14,15 @@ from tests.peer import Peer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / "config" / "agent.example.toml"
+# A host whose upstream does its own login (OpenWebUI), to add to a config.
+OWN_LOGIN_ROUTE = """
+[[routes]]
+name = "openwebui"
+host = "chat.example.com"
+prefix = "/"
+methods = ["GET", "POST"]
+auth = "none"
+"""
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 
 from spoa_agent.demo.stack import Gateway, gateway
 from spoa_agent.policy import preset_routes
-from tests.conftest import EXAMPLE_CONFIG
+from tests.conftest import EXAMPLE_CONFIG, OWN_LOGIN_ROUTE
 from tests.e2e.client import bearer, request
 from tests.e2e.conftest import create_key
 
@@ -56,14 +56,7 @@ def test_a_key_limited_to_one_model(gw: Gateway, path: str) -> None:
 
 def test_own_login_host_keeps_its_credentials(haproxy: str, tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text(EXAMPLE_CONFIG.read_text() + '''
-[[routes]]
-name = "openwebui"
-host = "chat.example.com"
-prefix = "/"
-methods = ["GET", "POST"]
-auth = "none"
-''')
+    config.write_text(EXAMPLE_CONFIG.read_text() + OWN_LOGIN_ROUTE)
     with gateway(tmp_path / "gw", haproxy, config) as gw:
         own = {"Host": "chat.example.com", "Authorization": "Bearer openwebui-session"}
         status, headers, _ = request(gw, "GET", "/api/tags", own)

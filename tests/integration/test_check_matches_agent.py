@@ -8,7 +8,7 @@ from pathlib import Path
 
 from spoa_agent.demo.stack import Gateway
 from spoa_agent.spop import Ack, SetVar
-from tests.conftest import EXAMPLE_CONFIG
+from tests.conftest import EXAMPLE_CONFIG, OWN_LOGIN_ROUTE
 from tests.peer import Peer
 
 EXTRA = '''
@@ -20,14 +20,7 @@ name = "admin-ps"
 methods = ["GET"]
 path = "/api/ps"
 scopes = ["admin"]
-
-[[routes]]
-name = "openwebui"
-host = "chat.example.com"
-prefix = "/"
-methods = ["GET", "POST"]
-auth = "none"
-'''
+''' + OWN_LOGIN_ROUTE
 
 CASES = [
     ("GET", "/api/tags", "gw.example.com"),
