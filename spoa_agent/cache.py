@@ -7,24 +7,25 @@ path) and limits known to refuse until some time (no Redis call either).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class TtlLru(Generic[V]):
+class TtlLru(Generic[K, V]):
     def __init__(self, max_size: int, max_age: float) -> None:
         self.max_size = max_size
         self.max_age = max_age
-        self._items: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: bytes, now: float) -> V | None:
+    def get(self, key: K, now: float) -> V | None:
         item = self._items.get(key)
         if item is None:
             self.misses += 1
@@ -38,7 +39,7 @@ class TtlLru(Generic[V]):
         self.hits += 1
         return value
 
-    def put(self, key: bytes, value: V, now: float) -> None:
+    def put(self, key: K, value: V, now: float) -> None:
         self._items[key] = (now, value)
         self._items.move_to_end(key)
         while len(self._items) > self.max_size:

@@ -89,8 +89,9 @@ class Authenticator:
         self.jwt = JwtVerifier(settings.issuers)
         self.log = log
         self.clock = clock
-        self.verified: TtlLru[Principal] = TtlLru(settings.cache_size, settings.cache_ttl)
-        self.failures: TtlLru[AuthFailure] = TtlLru(settings.cache_size, settings.failure_ttl)
+        self.verified: TtlLru[bytes, Principal] = TtlLru(settings.cache_size, settings.cache_ttl)
+        self.failures: TtlLru[bytes, AuthFailure] = TtlLru(settings.cache_size,
+                                                           settings.failure_ttl)
         self._checking: dict[bytes, asyncio.Future[Principal | AuthFailure]] = {}
         self._check_limit = settings.argon2_workers + settings.argon2_max_pending
         self._touched: dict[str, float] = {}

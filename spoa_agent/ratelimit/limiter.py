@@ -75,7 +75,7 @@ class RateLimiter:
         self._queue: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
         # limit key -> (refused until, on our monotonic clock); bounded.
-        self.refusing: TtlLru[float] = TtlLru(cache_size, max_age=86400.0)
+        self.refusing: TtlLru[str, float] = TtlLru(cache_size, max_age=86400.0)
         self.calls = 0
 
     async def load(self) -> bool:
@@ -93,7 +93,7 @@ class RateLimiter:
             return UNLIMITED
         now = self.clock()
         for limit in limits:
-            until = self.refusing.get(limit.key.encode(), now)
+            until = self.refusing.get(limit.key, now)
             if until is not None and until > now:
                 wait = math.ceil(until - now)
                 return Verdict(False, 429, "rate_limited", limit, 0, wait, max(1, wait))
@@ -183,7 +183,7 @@ class RateLimiter:
             remaining, reset_us, limit_retry_us = result[1 + 3 * index: 4 + 3 * index]
             if limit_retry_us > 0:
                 retry_us = max(retry_us, limit_retry_us)
-                self.refusing.put(limit.key.encode(), now + limit_retry_us / 1_000_000, now)
+                self.refusing.put(limit.key, now + limit_retry_us / 1_000_000, now)
             if tightest is None or remaining < tightest[0]:
                 tightest = (remaining, reset_us, limit_retry_us, limit)
         assert tightest is not None
