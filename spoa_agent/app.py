@@ -130,6 +130,11 @@ def ratelimit_vars(verdict: Verdict) -> tuple[Action, ...]:
 _cached_rate = functools.lru_cache(maxsize=1024)(parse_rate)
 
 
+def _who(principal: Principal | None) -> dict[str, str]:
+    """The log fields naming the caller, once authenticated."""
+    return {"key_id": principal.id, "principal": principal.name} if principal else {}
+
+
 class RequestChecker:
     def __init__(self, config: Config, authenticator: Authenticator | None, log: Any) -> None:
         self.auth = authenticator
@@ -188,8 +193,7 @@ class RequestChecker:
         if not decision.allowed:
             self._log_denial("policy_denied", args, started, decision.status, decision.reason,
                              rule=decision.rule, detail=detail,
-                             key_id=principal.id if principal else "",
-                             principal=principal.name if principal else "")
+                             **_who(principal))
             out = decision_vars(decision)
             return (*out, SetVar("detail", detail)) if detail else out
         if self.limiter is not None:
@@ -263,15 +267,13 @@ class RequestChecker:
                 principal: Principal | None, verdict: Verdict, started: int) -> Actions:
         if decision.allowed and verdict.admitted and self.log_successes:
             self._log("info", "request_allowed", args, started, 200, decision.reason,
-                      rule=decision.rule, key_id=principal.id if principal else "",
-                      principal=principal.name if principal else "")
+                      rule=decision.rule, **_who(principal))
         if not verdict.admitted:
             decision = Decision(False, verdict.status, verdict.reason, decision.rule)
             self._log_denial("rate_limited" if verdict.status == 429 else "ratelimit_unavailable",
                              args, started, verdict.status, verdict.reason, rule=decision.rule,
                              scope=verdict.limit.scope if verdict.limit else "",
-                             key_id=principal.id if principal else "",
-                             principal=principal.name if principal else "")
+                             **_who(principal))
         out = decision_vars(decision)
         if decision.route is not None and decision.route.public:
             out += (SetVar("own_login", True),)  # haproxy.cfg keeps the credentials

@@ -37,6 +37,10 @@ def policy_only_config(source: Path, dest: Path) -> Path:
     return dest
 
 
+def _redis_server() -> str:
+    return shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
 def _cluster_port() -> int:
     """A free port whose cluster bus port (port + 10000) is free too."""
     for _ in range(100):
@@ -154,7 +158,7 @@ class Gateway:
         a kill -9 and restart, as a production Redis would."""
         persistence = (["--appendonly", "yes", "--appendfsync", "always"] if persistent
                        else ["--appendonly", "no"])
-        proc = spawn("redis", [shutil.which("redis-server") or "/usr/bin/redis-server",
+        proc = spawn("redis", [_redis_server(),
                                "--port", str(self.redis_port), "--bind", "127.0.0.1",
                                "--save", "", "--dir", str(self.workdir), *persistence],
                      self.workdir)
@@ -165,14 +169,13 @@ class Gateway:
     def start_redis_cluster(self, masters: int = 3) -> str:
         """A Redis Cluster of `masters` nodes on loopback; returns its URL (and
         makes it this gateway's Redis)."""
-        redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
         ports = [_cluster_port() for _ in range(masters)]
         self.redis_port = ports[0]
         for port in ports:
             node_dir = self.workdir / f"cluster-{port}"
             node_dir.mkdir(exist_ok=True)
             proc = spawn(f"redis-{port}", [
-                redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                _redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(node_dir), "--cluster-enabled", "yes",
                 "--cluster-config-file", f"nodes-{port}.conf"], self.workdir)
             wait_for_port(port, proc.popen)
@@ -201,7 +204,7 @@ class Gateway:
         config.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {self.workdir}\n"
                           f"sentinel monitor {service} 127.0.0.1 {self.redis_port} 1\n"
                           f"sentinel down-after-milliseconds {service} 1000\n")
-        proc = spawn("sentinel", [shutil.which("redis-server") or "/usr/bin/redis-server",
+        proc = spawn("sentinel", [_redis_server(),
                                   str(config), "--sentinel"], self.workdir)
         wait_for_port(sentinel_port, proc.popen)
         self.processes["sentinel"] = proc

@@ -29,7 +29,11 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: [hook() for hook in agent.reload])
+    def reload() -> None:
+        for hook in agent.reload:
+            hook()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     for hook in agent.startup:
         await hook()
