@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the demo and the tests use, only if missing:
-# HAProxy 2.6, Redis, fail2ban, Lua 5.3/5.4, wrk, and Python's venv module.
+# HAProxy 2.6, Redis, fail2ban, Lua 5.3/5.4, wrk, Python's venv module, and
+# keepalived, logrotate and systemd-analyze (checks of haproxy/examples/).
 # Debian/Ubuntu (apt). Uses sudo when not root.
 set -euo pipefail
 
@@ -11,6 +12,9 @@ declare -A need=(
   [lua5.4]=lua5.4
   [lua5.3]=lua5.3
   [wrk]=wrk
+  [keepalived]=keepalived
+  [logrotate]=logrotate
+  [systemd-analyze]=systemd
 )
 missing=()
 for cmd in "${!need[@]}"; do
