@@ -138,6 +138,8 @@ class Gateway:
     upstream_port: int = field(default_factory=free_port)
     redis_port: int = field(default_factory=free_port)
     processes: dict[str, Process] = field(default_factory=dict)
+    # More of haproxy.cfg's variables (TLS_CERT_DIR, HOSTS_MAP, ...).
+    haproxy_extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -217,11 +219,14 @@ class Gateway:
                               text=True, env={**os.environ, "SPOA_AGENT_REDIS_URL": self.redis_url},
                               timeout=60)
 
-    def start_upstream(self) -> Process:
-        proc = spawn("upstream", [sys.executable, "-m", "spoa_agent.demo.upstream",
-                                  "--listen", f"127.0.0.1:{self.upstream_port}"], self.workdir)
-        wait_for_port(self.upstream_port, proc.popen)
-        self.processes["upstream"] = proc
+    def start_upstream(self, name: str = "upstream", port: int | None = None) -> Process:
+        """The demo upstream (spoa_agent.demo.upstream); another one when given
+        its own name and port."""
+        port = port or self.upstream_port
+        proc = spawn(name, [sys.executable, "-m", "spoa_agent.demo.upstream",
+                            "--listen", f"127.0.0.1:{port}"], self.workdir)
+        wait_for_port(port, proc.popen)
+        self.processes[name] = proc
         return proc
 
     def start_agent(self, config: Path, workers: int = 1, port: int | None = None,
@@ -239,8 +244,11 @@ class Gateway:
             "GATEWAY_BIND": f"127.0.0.1:{self.gateway_port}",
             "AGENT_ADDR": f"127.0.0.1:{self.agent_port}",
             "UPSTREAM_ADDR": f"127.0.0.1:{self.upstream_port}",
+            # One demo upstream plays every AI node unless a test says otherwise.
+            "OPENWEBUI_ADDR": f"127.0.0.1:{self.upstream_port}",
             "HAPROXY_RUN_DIR": str(self.workdir),
             "HAPROXY_BANLIST": str(self.banlist),
+            **self.haproxy_extra_env,
         }
 
     @property

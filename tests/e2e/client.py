@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 
 from spoa_agent.demo.stack import Gateway
 
@@ -19,6 +20,15 @@ def request(gw: Gateway, method: str, path: str, headers: dict[str, str] | None 
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def error_message(body: bytes) -> str:
+    """The message of a refusal, whichever API dialect it is in (Ollama's
+    {"error": "..."}, OpenAI's and Anthropic's {"error": {"message": ...}})."""
+    error = json.loads(body)["error"]
+    message = error if isinstance(error, str) else error["message"]
+    assert isinstance(message, str) and message
+    return message
 
 
 def bearer(key: str) -> dict[str, str]:
