@@ -3,7 +3,6 @@ and unlisted paths get 403, a key limited to one model is refused another."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

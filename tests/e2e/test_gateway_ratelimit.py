@@ -69,7 +69,8 @@ def test_requests_in_flight_per_key(gw: Gateway) -> None:
     statuses = collections.Counter(status for status, _, _ in answers)
     assert statuses == {200: 2, 429: 3}
     refused = [(h, body) for status, h, body in answers if status == 429]
-    assert all(h["retry-after"] == "1" and "in flight" in error_message(body) for h, body in refused)
+    assert all(h["retry-after"] == "1" and "in flight" in error_message(body)
+               for h, body in refused)
     # Finished (and refused) requests no longer count.
     with ThreadPoolExecutor(max_workers=2) as pool:
         again = list(pool.map(lambda _: request(gw, "POST", "/api/chat", slow, b"{}")[0],

@@ -1,0 +1,55 @@
+"""One running gateway per HAProxy version (Redis, agent with the example
+policy, the demo upstream, the shipped haproxy.cfg) shared by a module's
+SDK tests, and the API keys they use."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spoa_agent.auth.keys import format_key, new_secret, parse_key
+from spoa_agent.demo.stack import Gateway, gateway
+from tests.conftest import EXAMPLE_CONFIG, haproxy_params
+
+MODEL = "llama3.2:1b"
+
+
+@pytest.fixture(scope="module", params=haproxy_params())
+def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+       ) -> Iterator[Gateway]:
+    if request.param is None:
+        pytest.fail(f"{request.node.name}: HAProxy binary not installed (run `make test`)")
+    workdir: Path = tmp_path_factory.mktemp("clients")
+    with gateway(workdir, str(request.param), EXAMPLE_CONFIG) as running:
+        yield running
+
+
+def _create(gw: Gateway, *args: str) -> str:
+    result = gw.spoa_agent("token", "create", "--format", "json", *args)
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["token"])
+
+
+@pytest.fixture(scope="module")
+def key(gw: Gateway) -> str:
+    return _create(gw, "--name", "sdk-client")
+
+
+@pytest.fixture(scope="module")
+def wrong_key(key: str) -> str:
+    """Well formed, right id, wrong secret: the agent must check the hash."""
+    return format_key("spoa", parse_key(key, "spoa").key_id, new_secret())
+
+
+@pytest.fixture
+def limited_key(gw: Gateway) -> str:
+    """A fresh key allowed one request a minute: the second is a 429."""
+    return _create(gw, "--name", "sdk-limited", "--rate", "1/m")
+
+
+@pytest.fixture(scope="module")
+def one_model_key(gw: Gateway) -> str:
+    return _create(gw, "--name", "sdk-one-model", "--model", MODEL)
