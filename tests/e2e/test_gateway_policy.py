@@ -66,3 +66,29 @@ def test_own_login_host_keeps_its_credentials(haproxy: str, tmp_path: Path) -> N
         # A dotted path never rides the own-login prefix to the upstream.
         status, headers, _ = request(gw, "GET", "/../api/pull", {"Host": "chat.example.com"})
         assert status in (401, 403) and "x-upstream-saw" not in headers
+
+
+SCOPED_PULL = """
+[[routes]]
+name = "ollama-pull"
+path = "/api/pull"
+methods = ["POST"]
+scopes = ["models:manage"]
+"""
+
+
+def test_a_scoped_route_needs_the_scope(haproxy: str, tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(EXAMPLE_CONFIG.read_text() + SCOPED_PULL)
+    with gateway(tmp_path / "gw", haproxy, config) as gw:
+        plain = str(create_key(gw, "--name", "plain")["token"])
+        status, headers, body = request(gw, "POST", "/api/pull", bearer(plain), b"{}")
+        assert status == 403
+        # RFC 6750 3.1: the scope the client would need.
+        assert headers["www-authenticate"] == (
+            'Bearer realm="spoa-agent", error="insufficient_scope", scope="models:manage"')
+        assert error_message(body) == ("this API key lacks the scope this endpoint needs: "
+                                       "models:manage")
+        admin = str(create_key(gw, "--name", "admin", "--scope", "models:manage")["token"])
+        status, headers, _ = request(gw, "POST", "/api/pull", bearer(admin), b"{}")
+        assert status == 200 and "x-upstream-saw" in headers

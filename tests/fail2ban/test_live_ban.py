@@ -14,7 +14,7 @@ import pytest
 
 from spoa_agent.demo.stack import REPO, Gateway, gateway, haproxy_binaries
 from tests.conftest import EXAMPLE_CONFIG
-from tests.e2e.client import bearer, request
+from tests.e2e.client import bearer, error_message, request
 from tests.e2e.conftest import create_key
 
 FAIL2BAN = REPO / "fail2ban"
@@ -80,6 +80,10 @@ def test_ban_unban_and_reload(banning: tuple[Gateway, Path, str]) -> None:
                "HAProxy does not refuse the banned address")
     assert request(gw, "GET", "/api/tags", bearer(key), source=GOOD)[0] == 200
     assert gw.banlist.read_text().split() == [BAD]
+
+    status, _, body = request(gw, "GET", "/api/tags", bearer(key), source=BAD)
+    assert (status, error_message(body)) == (403, "this address is blocked for a while after "
+                                                  "repeated failed requests; try again later")
 
     gw.reload_haproxy(haproxy)
     assert request(gw, "GET", "/api/tags", bearer(key), source=BAD)[0] == 403
