@@ -1,13 +1,15 @@
 """`make demo`: the whole gateway on this machine, in the foreground.
 
 Starts Redis, the small Ollama-like upstream, the agent with the example
-policy and HAProxy with the shipped haproxy.cfg; creates a demo API key,
-shows an allowed call, a 401 and a 403, prints curl lines to try, and stops
-everything on Ctrl-C.
+policy and HAProxy with the shipped haproxy.cfg; creates a demo API key and
+tells the story: a chat completion streaming through, a 401, a blocked
+model pull, a 429. Then prints curl lines to try and runs until Ctrl-C
+(`--once`: stops after the story, for tests and scripts).
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import signal
@@ -19,6 +21,9 @@ from spoa_agent.demo.stack import REPO, Gateway, free_port, haproxy_binaries
 
 CONFIG = REPO / "config" / "agent.example.toml"
 WORKDIR = REPO / ".demo"
+MODEL = "llama3.2:1b"
+CHAT = json.dumps({"model": MODEL, "stream": True,
+                   "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
 def _port_or_free(port: int) -> int:
@@ -31,18 +36,60 @@ def _port_or_free(port: int) -> int:
 
 
 def _call(port: int, method: str, path: str, key: str | None = None) -> str:
+    """One request; its status, Retry-After if any, and the start of the body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        conn.request(method, path, body=b'{"model":"llama3.2:1b"}' if method == "POST" else None,
+        conn.request(method, path, body=f'{{"model":"{MODEL}"}}' if method == "POST" else None,
                      headers=headers)
         resp = conn.getresponse()
-        return f"{resp.status} {resp.read().decode()[:100]}"
+        retry = resp.getheader("Retry-After")
+        wait = f" (Retry-After: {retry})" if retry else ""
+        return f"{resp.status}{wait} {resp.read().decode()[:110]}"
     finally:
         conn.close()
 
 
+def _stream(port: int, key: str) -> list[str]:
+    """A streamed chat completion, one line per chunk with its arrival time:
+    the upstream sends a word every 300 ms and so must the gateway."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        started = time.monotonic()
+        conn.request("POST", "/v1/chat/completions", body=CHAT, headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json",
+            "X-Upstream-Chunk-Delay": "0.3"})
+        resp = conn.getresponse()
+        lines = [f"HTTP {resp.status} {resp.getheader('Content-Type')}"]
+        for raw in resp:
+            event = raw.decode().strip()
+            if not event.startswith("data: {"):
+                continue
+            delta = json.loads(event[6:])["choices"][0]["delta"].get("content")
+            if delta:
+                lines.append(f"+{time.monotonic() - started:4.2f}s  {delta!r}")
+        return lines
+    finally:
+        conn.close()
+
+
+class DemoError(Exception):
+    pass
+
+
+def _create_key(gw: Gateway, *args: str) -> str:
+    created = gw.spoa_agent("token", "create", "--format", "json", *args)
+    if created.returncode != 0:
+        raise DemoError(f"could not create a key: {created.stderr.strip()}")
+    return str(json.loads(created.stdout)["token"])
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--once", action="store_true",
+                        help="stop after the story instead of running until Ctrl-C")
+    once = parser.parse_args().once
     binaries = haproxy_binaries()
     if not binaries:
         print("demo: no haproxy binary found; run `make demo` (it installs one)", file=sys.stderr)
@@ -64,13 +111,13 @@ def main() -> int:
         gw.start_upstream()
         gw.start_agent(CONFIG)
         gw.start_haproxy(haproxy)
-        created = gw.spoa_agent("token", "create", "--name", "demo", "--format", "json")
-        if created.returncode != 0:
-            print(f"demo: could not create a key: {created.stderr}", file=sys.stderr)
-            return 1
-        key = json.loads(created.stdout)["token"]
+        key = _create_key(gw, "--name", "demo")
+        limited_key = _create_key(gw, "--name", "demo-limited", "--rate", "2/m")
         url, port = gw.url, gw.gateway_port
         cli = f"SPOA_AGENT_REDIS_URL={gw.redis_url} .venv/bin/spoa-agent"
+        streamed = "\n    ".join(_stream(port, key))
+        over_limit = "\n    ".join(
+            f"call {n}: {_call(port, 'GET', '/api/tags', limited_key)}" for n in (1, 2, 3))
         print(f"""
 spoa-agent demo: HAProxy {version} -> agent (Redis) -> a small Ollama-like upstream
   gateway   {url}
@@ -81,24 +128,28 @@ spoa-agent demo: HAProxy {version} -> agent (Redis) -> a small Ollama-like upstr
 A demo API key was created (shown once; Redis keeps only its argon2id hash):
   KEY={key}
 
-What the gateway answers right now:
-  GET  /api/tags with the key     -> {_call(port, "GET", "/api/tags", key)}
-  GET  /api/tags without a key    -> {_call(port, "GET", "/api/tags")}
-  POST /api/pull with the key     -> {_call(port, "POST", "/api/pull", key)}
+1. A chat completion streams through, word by word as the upstream sends it:
+    {streamed}
+2. Without a key:              {_call(port, "GET", "/api/tags")}
+3. A model pull is blocked:    {_call(port, "POST", "/api/pull", key)}
+4. A key limited to 2/m (token create --rate 2/m), three calls:
+    {over_limit}
+   Every refusal is one JSON line in {WORKDIR.relative_to(REPO)}/agent.log, for fail2ban.
 
 Try it yourself (paste the KEY= line first):
-  curl -i {url}/api/tags -H "Authorization: Bearer $KEY"          # 200 from the upstream
-  curl -i {url}/v1/chat/completions -H "Authorization: Bearer $KEY" \\
-       -d '{{"model":"llama3.2:1b","messages":[]}}'
+  curl -N {url}/v1/chat/completions -H "Authorization: Bearer $KEY" \\
+       -H "X-Upstream-Chunk-Delay: 0.3" \\
+       -d '{{"model":"{MODEL}","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
   curl -i {url}/api/tags -H "x-api-key: $KEY"                     # the Anthropic SDK's header
   curl -i {url}/api/tags                                          # 401: no key
   curl -i -X POST {url}/api/pull -H "Authorization: Bearer $KEY"  # 403: blocked endpoint
   {cli} token list
   {cli} token revoke <id>   # the key gets 401 within a second
   {cli} --config {CONFIG.relative_to(REPO)} check --method POST --path /api/pull
-
-Rate limits (429) arrive with the rate-limit work.
-Ctrl-C stops everything.""", flush=True)
+""", flush=True)
+        if once:
+            return 0
+        print("Ctrl-C stops everything.", flush=True)
         while not stop:
             for name, proc in gw.processes.items():
                 if proc.popen.poll() is not None:
@@ -107,6 +158,9 @@ Ctrl-C stops everything.""", flush=True)
                     return 1
             time.sleep(0.5)
         return 0
+    except (DemoError, OSError) as err:
+        print(f"demo: {err}; see the logs in {WORKDIR.relative_to(REPO)}/", file=sys.stderr)
+        return 1
     finally:
         gw.stop()
         print("\ndemo: stopped HAProxy, agent, upstream and Redis.")
