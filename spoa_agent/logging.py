@@ -8,6 +8,7 @@ keyword names; FIELD_NAMES maps them to the flat ECS-style names.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import IO, Any, BinaryIO, cast
@@ -79,6 +80,18 @@ def configure(level: str = "info", stream: IO[bytes] | None = None) -> None:
 
 def open_log_file(path: str | None) -> IO[bytes] | None:
     return open(path, "ab", buffering=0) if path else None
+
+
+def reopen_log_file(stream: IO[bytes], path: str) -> None:
+    """After logrotate moved the file away (SIGUSR1): write to a new file at
+    `path`. The new file takes over the old descriptor's number (dup2), so
+    every logger already holding `stream` writes there, with no lock and no
+    line lost or split: a write goes wholly to one file or the other."""
+    fresh = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.dup2(fresh, stream.fileno())
+    finally:
+        os.close(fresh)
 
 
 def get_logger(**context: Any) -> Any:

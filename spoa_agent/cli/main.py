@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -106,6 +107,18 @@ def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
     if not config.routes:
         log.warning("no_routes", error="no [[routes]] configured: every request is denied")
     agent = build_agent(config, log)
+    log_path = config.log.file
+
+    def reopen_log() -> None:
+        if log_stream is not None and log_path:
+            try:
+                agent_logging.reopen_log_file(log_stream, log_path)
+            except OSError as err:  # keep writing to the old file
+                log.error("log_reopen_failed", path=log_path, error=err.strerror)
+                return
+            log.info("log_reopened", path=log_path)
+
+    agent.reopen.append(reopen_log)
 
     def serve_one() -> None:
         try:
@@ -117,7 +130,9 @@ def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
     if server.workers == 1:
         serve_one()
     else:
-        sys.exit(supervise(server.workers, serve_one, log, grace=server.drain_timeout + 2))
+        sys.exit(supervise(server.workers, serve_one, log, grace=server.drain_timeout + 2,
+                           on_signal=lambda signum: reopen_log()
+                           if signum == signal.SIGUSR1 else None))
 
 
 @cli.command()

@@ -24,6 +24,8 @@ class Agent:
         self.shutdown: list[Callable[[], Awaitable[None]]] = []
         # Run on SIGHUP, in the loop: re-read configuration, keep connections.
         self.reload: list[Callable[[], None]] = []
+        # Run on SIGUSR1, in the loop: reopen log files (logrotate).
+        self.reopen: list[Callable[[], None]] = []
 
     def register(self, message_name: str, handler: Handler) -> None:
         if message_name in self.handlers:

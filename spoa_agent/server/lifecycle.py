@@ -29,11 +29,12 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    def reload() -> None:
-        for hook in agent.reload:
+    def run_hooks(hooks: list[Callable[[], None]]) -> None:
+        for hook in hooks:
             hook()
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, run_hooks, agent.reload)
+    loop.add_signal_handler(signal.SIGUSR1, run_hooks, agent.reopen)
 
     for hook in agent.startup:
         await hook()
@@ -60,7 +61,7 @@ async def serve(
         log.info("agent_stopping", connections=len(connections))
         server.close()
         await _drain(connections, settings.drain_timeout)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         for hook in agent.shutdown:
             await hook()

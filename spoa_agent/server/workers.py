@@ -1,8 +1,9 @@
 """`--workers N`: N processes serving one port through SO_REUSEPORT.
 
 The supervisor only starts, watches and stops workers: SIGTERM/SIGINT are
-passed on (each worker drains), a worker that dies is started again, and a
-worker that dies at once (port taken, bad config) stops the whole group.
+passed on (each worker drains), SIGHUP (reload) and SIGUSR1 (reopen logs)
+are passed on too, a worker that dies is started again, and a worker that
+dies at once (port taken, bad config) stops the whole group.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from typing import Any
 _EARLY_DEATH = 2.0
 
 
-def supervise(count: int, target: Callable[[], None], log: Any, grace: float) -> int:
+# Signals every worker acts on by itself, passed on by the supervisor.
+FORWARDED = (signal.SIGHUP, signal.SIGUSR1)
+
+
+def supervise(count: int, target: Callable[[], None], log: Any, grace: float,
+              on_signal: Callable[[int], None] | None = None) -> int:
+    """Run `count` workers until SIGTERM/SIGINT; `on_signal(signum)` lets the
+    supervisor act on a forwarded signal itself (reopen its own log file)."""
     context = multiprocessing.get_context("fork")
     stopping = False
 
@@ -30,13 +38,13 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    reload_requested = False
+    pending: set[int] = set()
 
-    def request_reload(signum: int, _frame: object) -> None:
-        nonlocal reload_requested
-        reload_requested = True
+    def request_forward(signum: int, _frame: object) -> None:
+        pending.add(signum)
 
-    signal.signal(signal.SIGHUP, request_reload)
+    for sig in FORWARDED:
+        signal.signal(sig, request_forward)
 
     def start(index: int) -> tuple[BaseProcess, float]:
         process = context.Process(target=_worker_main, args=(target, index), daemon=False)
@@ -48,11 +56,13 @@ def supervise(count: int, target: Callable[[], None], log: Any, grace: float) ->
     exit_code = 0
     while not stopping:
         wait([process.sentinel for process, _ in workers], timeout=0.5)
-        if reload_requested:  # each worker re-reads its configuration
-            reload_requested = False
+        while pending:
+            signum = pending.pop()
+            if on_signal is not None:
+                on_signal(signum)
             for process, _ in workers:
                 if process.pid is not None and process.exitcode is None:
-                    os.kill(process.pid, signal.SIGHUP)
+                    os.kill(process.pid, signum)
         for index, (process, started) in enumerate(workers):
             if process.exitcode is None or stopping:
                 continue
@@ -91,5 +101,6 @@ def _worker_main(target: Callable[[], None], index: int) -> None:
     # loop installs its own, a signal must act as it normally does.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_IGN)  # until the loop handles it
     target()

@@ -538,7 +538,7 @@ def test_logrotate_accepts_the_example(tmp_path: Path) -> None:
     assert f"rotating pattern: {tmp_path / 'agent.log'}" in output
     assert "14 rotations" in output
     assert "running postrotate script" in output
-    assert "systemctl kill -s USR1 spoa-agent.service" in output
+    assert "systemctl kill --kill-whom=main -s USR1 spoa-agent.service" in output
     assert (tmp_path / "agent.log").exists() and not (tmp_path / "agent.log.1").exists()
 
 
