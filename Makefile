@@ -32,8 +32,10 @@ test: deps lint
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
+# e.g. make bench BENCH_ARGS="--c-agent /opt/spoa-example/spoa" (see bench/README.md)
+BENCH_ARGS ?=
 bench: deps
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/fail2ban_regex.py
 
 clean:
