@@ -101,30 +101,40 @@ class Authenticator:
         if len(token) > MAX_CREDENTIAL or not token.isascii() or not token.isprintable():
             return AuthFailure(401, "malformed_credential")
         prefix = self.settings.key_prefix
-        if looks_like_key(token, prefix):
-            # The caches first: an entry means this exact string was checked
-            # already, so the hot path skips even the checksum.
-            now = self.clock()
-            digest = token_digest(token)
-            principal = self.verified.get(digest, now)
-            if principal is not None:
-                CACHE_HIT.inc()
-                if principal.expires_at is not None and now >= principal.expires_at:
-                    return AuthFailure(401, "expired_key", principal.id)
-                return principal
-            failure = self.failures.get(digest, now)
-            if failure is not None:
-                CACHE_HIT.inc()
-                return failure
-            CACHE_MISS.inc()
+        is_key = looks_like_key(token, prefix)
+        if not is_key and not (self.jwt and token.count(".") == 2):
+            return AuthFailure(401, "malformed_credential")
+        # The caches first: an entry means this exact string was checked
+        # already, so the hot path skips even the checksum or the signature.
+        now = self.clock()
+        digest = token_digest(token)
+        cached = self._cached(digest, now)
+        if cached is not None:
+            return cached
+        CACHE_MISS.inc()
+        if is_key:
             try:
                 parse_key(token, prefix)
             except KeyFormatError as err:
                 return AuthFailure(401, err.reason)
             return None
-        if token.count(".") == 2 and self.jwt:
-            return self.jwt.verify(token)
-        return AuthFailure(401, "malformed_credential")
+        verified = self.jwt.verify(token)
+        if type(verified) is Principal:
+            self.verified.put(digest, verified, now)
+        return verified
+
+    def _cached(self, digest: bytes, now: float) -> Principal | AuthFailure | None:
+        principal = self.verified.get(digest, now)
+        if principal is not None:
+            CACHE_HIT.inc()
+            if principal.expires_at is not None and now >= principal.expires_at:
+                reason = "expired_key" if principal.kind == "api_key" else "expired_token"
+                return AuthFailure(401, reason, principal.id)
+            return principal
+        failure = self.failures.get(digest, now)
+        if failure is not None:
+            CACHE_HIT.inc()
+        return failure
 
     async def verify_slow(self, token: str) -> Principal | AuthFailure:
         """Redis lookup and argon2id for a well-formed key quick() had no answer for."""

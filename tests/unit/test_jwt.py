@@ -11,10 +11,13 @@ from pathlib import Path
 
 import jwt
 import pytest
+import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from spoa_agent.auth import IssuerConfig, JwtConfigError
+from spoa_agent.auth.authenticator import Authenticator, AuthSettings
+from spoa_agent.auth.hashing import SecretHasher, VerifierPool
 from spoa_agent.auth.jwt import JwtVerifier
 from spoa_agent.auth.principal import AuthFailure, Principal
 
@@ -136,3 +139,27 @@ def test_unsafe_issuer_configs_are_refused(algorithms: tuple[str, ...],
                                            files: dict[str, str]) -> None:
     with pytest.raises(JwtConfigError):
         IssuerConfig(issuer=ISSUER, algorithms=algorithms, **files)  # type: ignore[arg-type]
+
+
+def test_a_verified_token_is_served_from_the_cache_until_exp_plus_leeway(
+        key_files: tuple[Path, Path]) -> None:
+    pem, _ = key_files
+    issuer = IssuerConfig(issuer=ISSUER, algorithms=("RS256",), audience=("ai-gateway",),
+                          leeway=5, pem_file=str(pem))
+    now = [time.time()]
+    auth = Authenticator(AuthSettings(issuers=(issuer,), cache_ttl=3600), None,
+                         VerifierPool(SecretHasher(), 1), structlog.get_logger(),
+                         clock=lambda: now[0])
+    token = sign(claims(exp=int(now[0]) + 60))
+    first = auth.quick(token)
+    assert isinstance(first, Principal) and first.id == "alice"
+    assert auth.quick(token) == first
+    assert auth.verified.hits == 1  # the second check skipped the signature
+    now[0] = int(now[0]) + 64
+    assert auth.quick(token) == first  # within the leeway
+    now[0] += 1
+    assert auth.quick(token) == AuthFailure(401, "expired_token", "alice")
+    # A bad token is never cached as good.
+    forged = sign(claims(), key=OTHER)
+    assert auth.quick(forged) == AuthFailure(401, "bad_signature")
+    assert len(auth.verified) == 1
