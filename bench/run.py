@@ -107,15 +107,6 @@ WRK_THREADS = 2
 BATCH = 100  # NOTIFY frames per receive_data
 C_AGENT_ROW = "SPOE + HAProxy's C example agent (spoa-example)"
 ISSUE_C_AGENT_RPS = 31_000.0  # the issue's figure for the C agent on this machine
-BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "results"
-CEILING_CFG = BENCH / "haproxy-ceiling.cfg"
-SPOE_CFG = BENCH / "haproxy-spoe.cfg"
-AGENT_CONFIG = REPO / "config" / "agent.example.toml"
-ALLOWED_PATH = "/api/tags"  # allowed by config/agent.example.toml
-DENIED_PATH = "/api/pull"  # refused by it
-WRK_THREADS = 2
-BATCH = 100  # NOTIFY frames per receive_data
 
 
 # --- codec ------------------------------------------------------------------
