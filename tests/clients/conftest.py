@@ -4,7 +4,6 @@ SDK tests, and the API keys they use."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from spoa_agent.auth.keys import format_key, new_secret, parse_key
 from spoa_agent.demo.stack import Gateway, gateway
 from tests.conftest import EXAMPLE_CONFIG, haproxy_params
+from tests.e2e.conftest import create_key
 
 MODEL = "llama3.2:1b"
 
@@ -28,9 +28,7 @@ def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 
 def _create(gw: Gateway, *args: str) -> str:
-    result = gw.spoa_agent("token", "create", "--format", "json", *args)
-    assert result.returncode == 0, result.stderr
-    return str(json.loads(result.stdout)["token"])
+    return str(create_key(gw, *args)["token"])
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,16 @@ from spoa_agent.demo.stack import Gateway
 def request(gw: Gateway, method: str, path: str, headers: dict[str, str] | None = None,
             body: bytes | None = None,
             source: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """`source`: the loopback address to send from (127.0.0.x), as another client."""
-    conn = http.client.HTTPConnection("127.0.0.1", gw.gateway_port, timeout=10,
+    """To the gateway; `source`: the loopback address to send from (127.0.0.x),
+    as another client."""
+    return http_request(gw.gateway_port, method, path, headers, body, source)
+
+
+def http_request(port: int, method: str, path: str, headers: dict[str, str] | None = None,
+                 body: bytes | None = None,
+                 source: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request to a loopback port: status, lower-cased headers, body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
                                       source_address=(source, 0) if source else None)
     try:
         conn.request(method, path, body=body, headers=headers or {})

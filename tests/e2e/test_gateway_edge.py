@@ -4,14 +4,10 @@ and WebSocket upgrades (OpenWebUI) passed through."""
 
 from __future__ import annotations
 
-import base64
 import datetime
-import hashlib
 import http.client
-import os
 import socket
 import ssl
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from spoa_agent.demo.stack import Gateway, free_port
+from spoa_agent.demo.upstream import websocket_accept
 from tests.conftest import EXAMPLE_CONFIG, OWN_LOGIN_ROUTE
 from tests.e2e.client import bearer, request
 from tests.e2e.conftest import create_key
 from tests.e2e.test_gateway import stats
+from tests.websocket import ws_recv, ws_send, ws_upgrade
 
 HOSTS = ("models.test", "chat.test")
 
@@ -127,13 +125,6 @@ def test_plain_http_redirects_to_https_once_tls_is_on(
     assert headers["location"] == f"https://{HOSTS[0]}/v1/models"
 
 
-def websocket_frame(payload: bytes) -> bytes:
-    """One masked text frame, as a client sends it (RFC 6455 5.2)."""
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked
-
-
 def test_websocket_upgrade_passes_through(haproxy: str, tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(EXAMPLE_CONFIG.read_text() + OWN_LOGIN_ROUTE)
@@ -143,27 +134,13 @@ def test_websocket_upgrade_passes_through(haproxy: str, tmp_path: Path) -> None:
         gw.start_upstream()
         gw.start_agent(config)
         gw.start_haproxy(haproxy)
-        nonce = base64.b64encode(os.urandom(16)).decode()
         with socket.create_connection(("127.0.0.1", gw.gateway_port), timeout=5) as sock:
-            sock.sendall((f"GET /ws/socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
-                          f"Host: chat.example.com\r\nUpgrade: websocket\r\n"
-                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\n"
-                          f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += sock.recv(4096)
-            status_line, *lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
-            assert status_line.startswith("HTTP/1.1 101"), status_line
-            accept = base64.b64encode(hashlib.sha1(
-                (nonce + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
-            headers = dict(line.split(": ", 1) for line in lines)
-            assert {name.lower(): value for name, value in headers.items()}[
-                "sec-websocket-accept"] == accept
+            status, headers, key = ws_upgrade(sock, "/ws/socket.io/?EIO=4&transport=websocket",
+                                              {"Host": "chat.example.com"})
+            assert status.startswith("HTTP/1.1 101"), status
+            assert headers["sec-websocket-accept"] == websocket_accept(key)
             for text in (b"hello", b"through the tunnel"):
-                sock.sendall(websocket_frame(text))
-                echoed = b""
-                while len(echoed) < 2 + len(text):
-                    echoed += sock.recv(4096)
-                assert echoed == struct.pack("!BB", 0x81, len(text)) + text
+                ws_send(sock, 0x1, text)
+                assert ws_recv(sock) == (0x1, text)
     finally:
         gw.stop()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import http.client
 import itertools
 import json
-import os
 import socket
 import struct
 import threading
@@ -27,6 +25,8 @@ from spoa_agent.demo.upstream import (
     UpstreamServer,
     websocket_accept,
 )
+from tests.e2e.client import http_request
+from tests.websocket import recv_exact, ws_recv, ws_send, ws_upgrade
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +62,6 @@ def ollama_client(port: int) -> Iterator[ollama.Client]:
         yield client
 
 
-def raw(port: int, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
-
-
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 MESSAGES: list[MessageParam] = [{"role": "user", "content": "hi"}]
 OLLAMA = [{"role": "user", "content": "hi"}]
@@ -81,17 +70,17 @@ OLLAMA = [{"role": "user", "content": "hi"}]
 # --- Plain HTTP ------------------------------------------------------------------------
 
 def test_root_answers_the_health_check(port: int) -> None:
-    status, headers, body = raw(port, "GET", "/")
+    status, headers, body = http_request(port, "GET", "/")
     assert (status, body) == (200, b"Ollama is running")
     assert headers["content-type"].startswith("text/plain")
-    assert raw(port, "GET", "/health")[0] == 200
-    status, headers, body = raw(port, "HEAD", "/")
+    assert http_request(port, "GET", "/health")[0] == 200
+    status, headers, body = http_request(port, "HEAD", "/")
     assert (status, body, headers["content-length"]) == (200, b"", "17")
 
 
 def test_reports_what_reached_it(port: int) -> None:
-    _, headers, _ = raw(port, "GET", "/api/tags",
-                        headers={"X-Spoa-Principal": "alice", "X-Custom": "1"})
+    _, headers, _ = http_request(port, "GET", "/api/tags",
+                                 headers={"X-Spoa-Principal": "alice", "X-Custom": "1"})
     assert headers["x-upstream-principal"] == "alice"
     saw = headers["x-upstream-saw"].split(",")
     assert saw == sorted(saw)
@@ -99,9 +88,9 @@ def test_reports_what_reached_it(port: int) -> None:
 
 
 def test_unknown_path_is_404(port: int) -> None:
-    status, _, body = raw(port, "GET", "/nope")
+    status, _, body = http_request(port, "GET", "/nope")
     assert (status, json.loads(body)) == (404, {"error": "not found"})
-    assert raw(port, "DELETE", "/api/delete", b"{}")[0] == 404
+    assert http_request(port, "DELETE", "/api/delete", body=b"{}")[0] == 404
 
 
 @pytest.mark.parametrize(("body", "headers"), [
@@ -112,7 +101,7 @@ def test_unknown_path_is_404(port: int) -> None:
     (b"{}", {"X-Upstream-Delay": "nan"}),
 ])
 def test_bad_request_is_a_json_400(port: int, body: bytes, headers: dict[str, str]) -> None:
-    status, answer_headers, answer = raw(port, "POST", "/api/chat", body, headers)
+    status, answer_headers, answer = http_request(port, "POST", "/api/chat", headers, body)
     assert status == 400
     assert answer_headers["content-type"] == "application/json"
     assert "bad request" in json.loads(answer)["error"]
@@ -147,7 +136,7 @@ def test_keep_alive_survives_a_streamed_answer(port: int) -> None:
 
 def test_delay_before_answering_a_post(port: int) -> None:
     start = time.monotonic()
-    raw(port, "POST", "/api/pull", b"", {"X-Upstream-Delay": "0.3"})
+    http_request(port, "POST", "/api/pull", {"X-Upstream-Delay": "0.3"}, b"")
     assert time.monotonic() - start >= 0.25
 
 
@@ -229,7 +218,7 @@ def test_ollama_list_show_version(ollama_client: ollama.Client, port: int) -> No
     assert shown.details is not None and shown.details.family == "llama"
     assert [m.model for m in ollama_client.ps().models] == [MODEL]
     # The SDK has no version(); OpenWebUI asks for it all the same.
-    assert "version" in json.loads(raw(port, "GET", "/api/version")[2])
+    assert "version" in json.loads(http_request(port, "GET", "/api/version")[2])
 
 
 def test_ollama_chat(ollama_client: ollama.Client) -> None:
@@ -251,7 +240,7 @@ def test_ollama_generate(ollama_client: ollama.Client) -> None:
 
 
 def test_ollama_streams_by_default(port: int) -> None:
-    status, headers, body = raw(port, "POST", "/api/chat", b'{"model": "x"}')
+    status, headers, body = http_request(port, "POST", "/api/chat", body=b'{"model": "x"}')
     assert status == 200
     assert headers["content-type"] == "application/x-ndjson"
     assert headers["transfer-encoding"] == "chunked"
@@ -308,54 +297,12 @@ def test_chunks_arrive_as_they_are_made(port: int) -> None:
 
 # --- WebSocket -------------------------------------------------------------------------
 
-def ws_send(sock: socket.socket, opcode: int, payload: bytes) -> None:
-    """A client frame: always masked."""
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    n = len(payload)
-    if n < 126:
-        length = bytes([0x80 | n])
-    elif n < 1 << 16:
-        length = bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        length = bytes([0x80 | 127]) + struct.pack("!Q", n)
-    sock.sendall(bytes([0x80 | opcode]) + length + mask + masked)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = sock.recv(n - len(data))
-        assert more, "connection closed"
-        data += more
-    return data
-
-
-def ws_recv(sock: socket.socket) -> tuple[int, bytes]:
-    first, second = recv_exact(sock, 2)
-    assert first & 0x80 and not second & 0x80  # final, unmasked
-    n = second & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", recv_exact(sock, 2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", recv_exact(sock, 8))[0]
-    return first & 0x0F, recv_exact(sock, n)
-
-
 def test_websocket_echo(port: int) -> None:
-    key = base64.b64encode(os.urandom(16)).decode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
-        sock.sendall(f"GET /ws/socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
-                     f"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                     f"X-Spoa-Principal: bob\r\n\r\n".encode())
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += recv_exact(sock, 1)
-        lines = head.decode().split("\r\n")
-        headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
-        assert lines[0].startswith("HTTP/1.1 101")
+        status, headers, key = ws_upgrade(sock, "/ws/socket.io/?EIO=4&transport=websocket",
+                                          {"Host": "x", "X-Spoa-Principal": "bob"})
+        assert status.startswith("HTTP/1.1 101")
         assert headers["sec-websocket-accept"] == websocket_accept(key)
         assert "sec-websocket-key" in headers["x-upstream-saw"].split(",")
         assert headers["x-upstream-principal"] == "bob"
