@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import resource
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +17,32 @@ from spoa_agent.demo.stack import Gateway, Process, haproxy_binaries
 from tests.peer import Peer
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_CONFIG = REPO / "config" / "agent.example.toml"
+SHIPPED_CONFIG = REPO / "config" / "agent.example.toml"
+
+# The tests check what the gateway decides, not how fast: on a loaded CI
+# machine (seen: Python taking over 10 s to start) the shipped deadlines, a
+# 250 ms Redis timeout and a 1 s decision, turn slowness into 503s. So the
+# gateways under test run the shipped example with loose deadlines, and
+# HAProxy waits longer for a decision (haproxy.cfg's SPOE_PROCESSING_TIMEOUT).
+# Tests of the deadlines themselves set their own.
+LOOSE_DEADLINES = {'handler_timeout = "900ms"': 'handler_timeout = "4500ms"',
+                   'timeout = "250ms"': 'timeout = "2s"'}  # Redis, and the limiter's
+os.environ["SPOE_PROCESSING_TIMEOUT"] = "5s"
+
+
+def _example_config_for_tests() -> Path:
+    text = SHIPPED_CONFIG.read_text()
+    for shipped, loose in LOOSE_DEADLINES.items():
+        assert shipped in text, f"{SHIPPED_CONFIG} no longer has {shipped}"
+        text = text.replace(shipped, loose)
+    folder = tempfile.mkdtemp(prefix="spoa-agent-tests-")
+    atexit.register(shutil.rmtree, folder, True)
+    path = Path(folder) / "agent.example.toml"
+    path.write_text(text)
+    return path
+
+
+EXAMPLE_CONFIG = _example_config_for_tests()
 # A host whose upstream does its own login (OpenWebUI), to add to a config.
 OWN_LOGIN_ROUTE = """
 [[routes]]

@@ -63,7 +63,9 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None,
-                  timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+                  timeout: float = 60.0, host: str = "127.0.0.1") -> None:
+    # Generous: a loaded machine has been seen to take over 10 s to start
+    # Python and import the agent; a healthy one listens within a second.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

@@ -53,6 +53,15 @@ UNLIMITED = Verdict(True)
 # One queued script call: its keys, its arguments, where its answer goes.
 _Call = tuple[list[str], list[int], "asyncio.Future[list[int]]"]
 
+# At most this many pipelines wait on Redis at once, each of at most
+# MAX_BATCH calls. Under a burst the calls that arrive meanwhile queue and
+# leave together when a pipeline returns: the agent holds a few Redis
+# connections and makes few large reads, instead of one connection and one
+# small read per turn of the event loop, which under overload starved the
+# loop until reads timed out.
+MAX_PIPELINES = 4
+MAX_BATCH = 512
+
 
 def _seconds_up(microseconds: int) -> int:
     return math.ceil(microseconds / 1_000_000)
@@ -73,6 +82,7 @@ class RateLimiter:
         self.clock = clock
         self._sha = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
         self._queue: list[_Call] = []
+        self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
         # limit key -> (refused until, on our monotonic clock); bounded.
         self.refusing: TtlLru[str, float] = TtlLru(cache_size, max_age=86400.0)
@@ -104,18 +114,21 @@ class RateLimiter:
     async def check(self, limits: Sequence[Limit]) -> Verdict:
         """One script call for all limits; call quick() first.
 
-        Calls made in the same turn of the event loop leave together in one
-        pipeline (one write, one read): a request still costs one script
-        call, and a burst costs one round trip instead of one each.
+        Calls made in the same turn of the event loop, or while every
+        pipeline is busy, leave together in one pipeline (one write, one
+        read): a request still costs one script call, and a burst costs one
+        round trip instead of one each.
         """
         now = self.clock()
         args: list[int] = []
         for limit in limits:
             args += [limit.rate.interval_us, limit.rate.tolerance_us]
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
         self._queue.append(([limit.key for limit in limits], args, future))
-        if len(self._queue) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if not self._flush_scheduled and len(self._sending) < MAX_PIPELINES:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         try:
             result = await future
         except (redis.RedisError, OSError, TimeoutError):
@@ -123,10 +136,19 @@ class RateLimiter:
         return self._verdict(limits, result, now)
 
     def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        self._flush_scheduled = False
+        # A request that gave up while queued (its handler timed out) is
+        # neither sent nor charged.
+        self._queue = [call for call in self._queue if not call[2].done()]
+        while self._queue and len(self._sending) < MAX_PIPELINES:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._flush()  # what queued while every pipeline was busy
 
     async def _send(self, batch: list[_Call], reloaded: bool = False) -> None:
         self.calls += len(batch)

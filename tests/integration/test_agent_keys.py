@@ -47,15 +47,15 @@ def two_agents(redis_gw: Gateway) -> Iterator[tuple[Gateway, Peer, Peer]]:
     yield redis_gw, a, b
 
 
-def test_valid_key_then_cached(two_agents: tuple[Gateway, Peer, Peer]) -> None:
+def test_valid_key_is_allowed_as_its_principal(two_agents: tuple[Gateway, Peer, Peer]) -> None:
+    # That the second use is served from the cache, without argon2id, is
+    # counted in test_metrics.py.
     gw, a, _ = two_agents
     key = create(gw, "--name", "laptop")
-    first = answer(a, 1, key["token"])
-    assert first["decision"] == "allow" and first["principal"] == "laptop"
-    assert first["principal_id"] == key["id"]
-    started = time.perf_counter()
-    assert answer(a, 2, key["token"])["decision"] == "allow"
-    assert time.perf_counter() - started < 0.05  # cached: no argon2 (tens of ms) this time
+    for stream in (1, 2):
+        got = answer(a, stream, key["token"])
+        assert (got["decision"], got["principal"], got["principal_id"]) == (
+            "allow", "laptop", key["id"])
 
 
 def test_every_bad_credential_is_refused_with_its_reason(
@@ -88,7 +88,13 @@ def test_every_bad_credential_is_refused_with_its_reason(
             assert token not in log  # secrets never reach a log
 
 
-def test_revocation_reaches_the_other_agent_within_a_second(
+# The example config trusts a cached key for 60 s: a revocation seen much
+# sooner than that can only have come from the agents' key-event channel.
+# (How soon, on a quiet machine, is measured by bench, not asserted here.)
+PUSHED_WITHIN = 10.0
+
+
+def test_revocation_is_pushed_to_the_other_agent(
         two_agents: tuple[Gateway, Peer, Peer]) -> None:
     gw, a, b = two_agents
     key = create(gw, "--name", "to-revoke")
@@ -98,12 +104,12 @@ def test_revocation_reaches_the_other_agent_within_a_second(
     revoked_at = time.monotonic()
     assert revoke.returncode == 0
     stream = 2
-    while answer(b, stream, key["token"])["decision"] == "allow":
-        assert time.monotonic() - revoked_at < 1.0, "agent B still accepts a revoked key"
+    while (got := answer(b, stream, key["token"]))["decision"] == "allow":
+        assert time.monotonic() - revoked_at < PUSHED_WITHIN, "agent B still accepts it"
         stream += 1
         time.sleep(0.01)
+    assert got["reason"] == "revoked_key"
     took = time.monotonic() - revoked_at
-    assert took < 1.0
     print(f"revocation seen by the other agent after at most {took * 1000:.0f} ms")
 
 
@@ -137,12 +143,19 @@ def test_flood_of_wrong_secrets_does_not_stall_a_valid_key(
     assert answer(b, 2, key["token"])["decision"] == "allow"
     on_other_connection = time.perf_counter() - started
     reasons = [a.read() for _ in range(300)]
-    refused = [{x.name: x.value for x in r.actions if isinstance(x, SetVar)}["reason"]
+    flood = time.perf_counter() - started
+    # An empty ACK is a check that ran out of handler_timeout on a loaded
+    # machine: HAProxy refuses it too (no decision).
+    refused = [{x.name: x.value for x in r.actions if isinstance(x, SetVar)}.get("reason", "")
                for r in reasons if isinstance(r, Ack)]
-    assert set(refused) <= {"wrong_secret", "auth_overloaded"}
+    assert len(refused) == 300
+    assert set(refused) <= {"wrong_secret", "auth_overloaded", ""}
     assert "auth_overloaded" in refused  # the queue is bounded, the excess refused at once
-    assert on_other_connection < 0.1
-    print(f"valid cached key answered in {on_other_connection * 1000:.1f} ms during the flood")
+    # Not queued behind the flood's argon2id work: answered in a small part of
+    # the time the flood takes (a ratio, so that a slow machine slows both).
+    assert on_other_connection < flood / 4, (on_other_connection, flood)
+    print(f"valid cached key answered in {on_other_connection * 1000:.1f} ms during the flood"
+          f" ({flood * 1000:.0f} ms)")
 
 
 def test_no_secret_in_clear_anywhere_in_redis(two_agents: tuple[Gateway, Peer, Peer]) -> None:
@@ -218,9 +231,9 @@ def test_agent_starts_without_redis_fails_closed_then_recovers(tmp_path: Path) -
             assert time.monotonic() < deadline, "never subscribed to key events"
             time.sleep(0.1)
         assert gw.spoa_agent("token", "revoke", key["id"]).returncode == 0
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + PUSHED_WITHIN
         while answer(peer, stream, key["token"])["decision"] == "allow":
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, "the revocation was not pushed"
             stream += 1
             time.sleep(0.01)
     finally:

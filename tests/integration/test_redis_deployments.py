@@ -19,7 +19,7 @@ from spoa_agent.ratelimit.limiter import RateLimiter, limit_key
 from spoa_agent.ratelimit.limits import Limit, parse_rate
 from spoa_agent.store.redis import async_client, close, sync_client, warm_up
 from tests.conftest import EXAMPLE_CONFIG
-from tests.integration.test_agent_keys import answer
+from tests.integration.test_agent_keys import PUSHED_WITHIN, answer
 from tests.peer import Peer
 
 
@@ -38,7 +38,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gatew
 
 def test_limits_are_exact(deployment: Gateway) -> None:
     async def body() -> None:
-        limiters = [RateLimiter(async_client(deployment.redis_url, 0.5),
+        limiters = [RateLimiter(async_client(deployment.redis_url, 2.0),
                                 structlog.wrap_logger(structlog.ReturnLogger()))
                     for _ in range(2)]
         try:
@@ -72,10 +72,10 @@ def test_keys_and_revocation(deployment: Gateway) -> None:
                                                "--format", "json").stdout)
     assert answer(peer, 10, rotated["token"])["decision"] == "allow"
     assert deployment.spoa_agent("token", "revoke", created[1]["id"]).returncode == 0
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + PUSHED_WITHIN
     stream = 20
     while answer(peer, stream, created[1]["token"])["decision"] == "allow":
-        assert time.monotonic() < deadline, "revocation did not arrive within 1 s"
+        assert time.monotonic() < deadline, "the revocation was not pushed"
         stream += 1
         time.sleep(0.02)
     client = sync_client(deployment.redis_url)
