@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 from spoa_agent.demo.stack import REPO, Gateway, free_port, haproxy_binaries
 
@@ -89,7 +90,14 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--once", action="store_true",
                         help="stop after the story instead of running until Ctrl-C")
-    once = parser.parse_args().once
+    parser.add_argument("--config", type=Path, default=CONFIG,
+                        help="the agent's policy (default: config/agent.example.toml)")
+    options = parser.parse_args()
+    once, config = options.once, options.config.resolve()
+    shown = config.relative_to(REPO) if config.is_relative_to(REPO) else config
+    if not config.is_file():
+        print(f"demo: no config file at {config}", file=sys.stderr)
+        return 2
     binaries = haproxy_binaries()
     if not binaries:
         print("demo: no haproxy binary found; run `make demo` (it installs one)", file=sys.stderr)
@@ -109,7 +117,7 @@ def main() -> int:
     try:
         gw.start_redis()
         gw.start_upstream()
-        gw.start_agent(CONFIG)
+        gw.start_agent(config)
         gw.start_haproxy(haproxy)
         key = _create_key(gw, "--name", "demo")
         limited_key = _create_key(gw, "--name", "demo-limited", "--rate", "2/m")
@@ -121,7 +129,7 @@ def main() -> int:
         print(f"""
 spoa-agent demo: HAProxy {version} -> agent (Redis) -> a small Ollama-like upstream
   gateway   {url}
-  agent     127.0.0.1:{gw.agent_port} (policy: {CONFIG.relative_to(REPO)})
+  agent     127.0.0.1:{gw.agent_port} (policy: {shown})
   redis     {gw.redis_url} (throwaway, nothing saved)
   logs      {WORKDIR.relative_to(REPO)}/agent.log (JSON lines), haproxy.log, upstream.log
 
@@ -145,7 +153,7 @@ Try it yourself (paste the KEY= line first):
   curl -i -X POST {url}/api/pull -H "Authorization: Bearer $KEY"  # 403: blocked endpoint
   {cli} token list
   {cli} token revoke <id>   # the key gets 401 within a second
-  {cli} --config {CONFIG.relative_to(REPO)} check --method POST --path /api/pull
+  {cli} --config {shown} check --method POST --path /api/pull
 """, flush=True)
         if once:
             return 0
