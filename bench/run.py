@@ -315,9 +315,9 @@ class _InstantPipeline:
     def evalsha(self, _sha: str, numkeys: int, *_keys_and_args: object) -> None:
         self.calls.append(numkeys)
 
-    async def execute(self, raise_on_error: bool = True) -> list[list[int]]:
+    async def execute(self, raise_on_error: bool = True) -> list[str]:
         # gcra.lua's answer: admitted, then remaining, reset and retry per limit.
-        return [[1, *[100, 1_000_000, 0] * limits] for limits in self.calls]
+        return [" ".join(["1", *["100", "1000000", "0"] * limits]) for limits in self.calls]
 
 
 class _InstantRedis:

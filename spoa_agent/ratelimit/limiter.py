@@ -184,7 +184,7 @@ class RateLimiter:
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
-                future.set_result([int(x) for x in result])
+                future.set_result([int(x) for x in result.split()])
 
     async def _evalsha_all(self, batch: list[_Call]) -> list[Any]:
         if isinstance(self.client, redis.asyncio.RedisCluster):
