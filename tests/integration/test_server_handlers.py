@@ -82,10 +82,11 @@ def test_raising_handler_is_answered_at_once_and_logged() -> None:
             started = time.monotonic()
             writer.write(notify(7))
             assert await read_frame(reader) == Ack(7, 1, ())
-            assert time.monotonic() - started < 0.5
+            # Not after the handler timeout: the error is the answer.
+            assert time.monotonic() - started < 5.0
         assert [log["event"] for log in logs] == ["handler_error"]
 
-    run_with_agent(agent, body)
+    run_with_agent(agent, body, handler_timeout=30.0)
 
 
 def test_failing_async_handler_and_timeout_are_answered() -> None:
