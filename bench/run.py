@@ -113,13 +113,19 @@ ISSUE_C_AGENT_RPS = 31_000.0  # the issue's figure for the C agent on this machi
 
 
 def notify_frame(stream_id: int = 1, frame_id: int = 1) -> bytes:
-    """A NOTIFY carrying check-request as haproxy/spoe-agent.conf defines it."""
+    """A NOTIFY carrying check-request as haproxy/spoe-agent.conf defines it,
+    for a GET with a bearer key (a fetch that finds nothing travels as NULL)."""
     message = Message("check-request", {
         "ip": IPv4Address("192.0.2.10"),
-        "method": "POST",
+        "method": "GET",
         "host": "gateway.example.com",
-        "path": "/v1/chat/completions",
+        "path": "/v1/models",
         "user_agent": "OpenAI/Python 1.40.0",
+        "authorization": "Bearer spoa_8SisitSArGki_" + "x" * 32,
+        "api_key": None,
+        "model": None,
+        "content_length": None,
+        "body_len": 0,
     })
     return encode_frame(Notify(stream_id, frame_id, (message,)))
 

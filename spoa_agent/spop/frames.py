@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from spoa_agent.spop.constants import ActionType, FrameFlags, FrameType, Scope, Status
+from spoa_agent.spop.constants import ActionType, DataType, FrameFlags, FrameType, Scope, Status
 from spoa_agent.spop.data import (
     FRAME_HEADER,
     LENGTH,
@@ -30,6 +31,9 @@ from spoa_agent.spop.data import (
 from spoa_agent.spop.errors import SpopError
 
 _MAX_ARGS = 255  # NB-ARGS is one byte
+_LONG = 240  # a varint this large or larger takes more than one byte
+# Plain ints: comparing with an enum member costs an attribute lookup each time.
+_STRING, _NULL = int(DataType.STRING), int(DataType.NULL)
 
 
 def _split_list(text: str) -> frozenset[str]:
@@ -218,8 +222,9 @@ def encode_frame(event: Frame) -> bytes:
 # --- decoding -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class FrameHeader:
+class FrameHeader(NamedTuple):
+    # A tuple rather than a frozen dataclass: built once per frame, it is
+    # several times cheaper to build.
     kind: int
     flags: int
     stream_id: int
@@ -294,6 +299,9 @@ def _decode_agent_disconnect(head: FrameHeader, buf: Buffer) -> AgentDisconnect:
 
 
 def _decode_notify(head: FrameHeader, buf: Buffer) -> Notify:
+    # The hot path of the agent (one call per request): names and strings
+    # shorter than 240 bytes, whose length is one byte, and NULLs are read
+    # inline; everything else goes through the general decoders.
     messages = []
     pos = head.payload_at
     end = len(buf)
@@ -305,8 +313,24 @@ def _decode_notify(head: FrameHeader, buf: Buffer) -> Notify:
         pos += 1
         args: dict[str, Value] = {}
         for _ in range(nb_args):
-            key, pos = decode_str(buf, pos)
-            args[key], pos = decode_value(buf, pos)
+            size = buf[pos] if pos < end else _LONG
+            if size < _LONG and pos + 1 + size <= end:
+                key = str(buf[pos + 1 : pos + 1 + size], "utf-8", "surrogateescape")
+                pos += 1 + size
+            else:
+                key, pos = decode_str(buf, pos)
+            kind = buf[pos] if pos < end else -1
+            if kind == _STRING and pos + 1 < end and buf[pos + 1] < _LONG:
+                start = pos + 2
+                pos = start + buf[pos + 1]
+                if pos > end:
+                    raise SpopError(Status.INVALID_FRAME, "truncated string")
+                args[key] = str(buf[start:pos], "utf-8", "surrogateescape")
+            elif kind == _NULL:
+                args[key] = None
+                pos += 1
+            else:
+                args[key], pos = decode_value(buf, pos)
         messages.append(Message(name, args))
     return Notify(head.stream_id, head.frame_id, tuple(messages))
 
