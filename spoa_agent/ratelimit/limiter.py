@@ -51,7 +51,7 @@ UNLIMITED = Verdict(True)
 
 
 # One queued script call: its keys, its arguments, where its answer goes.
-_Call = tuple[list[str], list[int], "asyncio.Future[list[int]]"]
+_Call = tuple[list[str], str, "asyncio.Future[list[int]]"]
 
 # At most this many pipelines wait on Redis at once, each of at most
 # MAX_BATCH calls. Under a burst the calls that arrive meanwhile queue and
@@ -120,9 +120,7 @@ class RateLimiter:
         round trip instead of one each.
         """
         now = self.clock()
-        args: list[int] = []
-        for limit in limits:
-            args += [limit.rate.interval_us, limit.rate.tolerance_us]
+        args = " ".join([limit.rate.script_args for limit in limits])
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
         self._queue.append(([limit.key for limit in limits], args, future))
@@ -190,11 +188,11 @@ class RateLimiter:
         if isinstance(self.client, redis.asyncio.RedisCluster):
             # redis-py refuses EVALSHA in a Cluster pipeline: one call each.
             return list(await asyncio.gather(
-                *(self.client.evalsha(self._sha, len(keys), *keys, *args)
+                *(self.client.evalsha(self._sha, len(keys), *keys, args)
                   for keys, args, _ in batch), return_exceptions=True))
         pipe = self.client.pipeline(transaction=False)
         for keys, args, _ in batch:
-            pipe.evalsha(self._sha, len(keys), *keys, *args)
+            pipe.evalsha(self._sha, len(keys), *keys, args)
         return list(await pipe.execute(raise_on_error=False))
 
     def _verdict(self, limits: Sequence[Limit], result: list[int], now: float) -> Verdict:

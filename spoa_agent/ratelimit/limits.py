@@ -8,7 +8,7 @@ per PERIOD. Refused requests are not charged. Pure code.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 _SPEC = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(s|m|h|d)\s*(?:,\s*burst\s*=\s*(\d+)\s*)?")
@@ -25,14 +25,16 @@ class Rate:
     count: int
     period: float  # seconds
     burst: int
+    # Derived once here, not per request: the limiter sends them on every call.
+    interval_us: int = field(init=False, compare=False, repr=False)
+    tolerance_us: int = field(init=False, compare=False, repr=False)
+    script_args: str = field(init=False, compare=False, repr=False)  # gcra.lua's pair
 
-    @property
-    def interval_us(self) -> int:
-        return max(1, round(self.period * 1_000_000 / self.count))
-
-    @property
-    def tolerance_us(self) -> int:
-        return self.interval_us * self.burst
+    def __post_init__(self) -> None:
+        interval = max(1, round(self.period * 1_000_000 / self.count))
+        object.__setattr__(self, "interval_us", interval)
+        object.__setattr__(self, "tolerance_us", interval * self.burst)
+        object.__setattr__(self, "script_args", f"{interval} {interval * self.burst}")
 
     def policy(self) -> str:
         """The IETF RateLimit-Policy parameters: quota and window in seconds."""
