@@ -47,6 +47,8 @@ class SpopProtocol(asyncio.Protocol):
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self._deadlines: dict[asyncio.Task[None], asyncio.TimerHandle] = {}
+        self._expired: set[asyncio.Task[None]] = set()  # cancelled by their deadline
         self._paused = False
         self._draining = False
         self._hello_timer: asyncio.TimerHandle | None = None
@@ -155,25 +157,44 @@ class SpopProtocol(asyncio.Protocol):
         if not pending:
             self._send_ack(notify, actions)
             return
-        task = asyncio.get_running_loop().create_task(self._finish(notify, actions, pending))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._finish(notify, actions, pending))
         self.tasks.add(task)
         metrics.IN_FLIGHT.inc()
         task.add_done_callback(self._task_done)
+        # One deadline for the whole NOTIFY, as HAProxy's `timeout processing`
+        # has: a plain timer that cancels the task costs a fraction of an
+        # asyncio.timeout() block per request.
+        self._deadlines[task] = loop.call_later(self.settings.handler_timeout,
+                                                self._expire, task)
+
+    def _expire(self, task: asyncio.Task[None]) -> None:
+        self._expired.add(task)
+        task.cancel()
 
     async def _finish(
         self, notify: Notify, actions: list[Action], pending: list[Awaitable[Actions]]
     ) -> None:
-        for awaitable in pending:
-            try:
-                async with asyncio.timeout(self.settings.handler_timeout):
+        try:
+            for awaitable in pending:
+                try:
                     actions.extend(await awaitable)
-            except TimeoutError:
-                self.log.error("handler_timeout", stream=notify.stream_id)
-            except Exception:
-                self.log.exception("handler_error", stream=notify.stream_id)
+                except Exception:
+                    self.log.exception("handler_error", stream=notify.stream_id)
+        except asyncio.CancelledError:
+            if asyncio.current_task() not in self._expired:
+                raise  # the connection is gone: no ACK to send
+            self.log.error("handler_timeout", stream=notify.stream_id)
+            for awaitable in pending:  # those never awaited
+                if asyncio.iscoroutine(awaitable):
+                    awaitable.close()
         self._send_ack(notify, actions)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        deadline = self._deadlines.pop(task, None)
+        if deadline is not None:
+            deadline.cancel()
+        self._expired.discard(task)
         self.tasks.discard(task)
         metrics.IN_FLIGHT.dec()
         if self._paused and len(self.tasks) < self.settings.max_in_flight:
