@@ -163,6 +163,7 @@ class Authenticator:
         parsed = parse_key(token, self.settings.key_prefix)
         if self.lookup is None:
             return AuthFailure(503, "store_unavailable", parsed.key_id)
+        metrics.REDIS_CALLS.labels("keys").inc()
         try:
             record = await self.lookup.get(parsed.key_id)
         except (redis.RedisError, OSError) as err:

@@ -63,6 +63,9 @@ MAX_PIPELINES = 4
 MAX_BATCH = 512
 
 
+RATELIMIT_CALLS = metrics.REDIS_CALLS.labels("ratelimit")
+
+
 def _seconds_up(microseconds: int) -> int:
     return math.ceil(microseconds / 1_000_000)
 
@@ -150,6 +153,7 @@ class RateLimiter:
 
     async def _send(self, batch: list[_Call], reloaded: bool = False) -> None:
         self.calls += len(batch)
+        RATELIMIT_CALLS.inc(len(batch))
         try:
             # The client's socket timeouts bound Redis itself (connect, each
             # read); waiting for a pooled connection is not counted against it.

@@ -52,6 +52,9 @@ def test_metrics_and_health(redis_gw: Gateway, tmp_path: Path) -> None:
     assert metric(text, 'spoa_key_cache_total{result="hit"}') == 1
     assert metric(text, "spoa_argon2_verifications_total") == 1
     assert metric(text, 'spoa_spop_frames_total{type="notify"}') == 3
+    # One key lookup (then cached), one limit script call per allowed request.
+    assert metric(text, 'spoa_redis_calls_total{purpose="keys"}') == 1
+    assert metric(text, 'spoa_redis_calls_total{purpose="ratelimit"}') == 2
 
     status, body = get(port, "/health")
     assert status == 200
