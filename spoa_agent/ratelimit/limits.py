@@ -32,9 +32,10 @@ class Rate:
 
     def __post_init__(self) -> None:
         interval = max(1, round(self.period * 1_000_000 / self.count))
+        tolerance = interval * self.burst
         object.__setattr__(self, "interval_us", interval)
-        object.__setattr__(self, "tolerance_us", interval * self.burst)
-        object.__setattr__(self, "script_args", f"{interval} {interval * self.burst}")
+        object.__setattr__(self, "tolerance_us", tolerance)
+        object.__setattr__(self, "script_args", f"{interval} {tolerance}")
 
     def policy(self) -> str:
         """The IETF RateLimit-Policy parameters: quota and window in seconds."""
