@@ -114,6 +114,8 @@ class Config:
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     routes: tuple[Route, ...] = ()
+    # `deny_all = true`: no routes on purpose; without it a file with none is an error.
+    deny_all: bool = False
     source: str = "<defaults>"
 
 
@@ -475,11 +477,30 @@ def _routes(reader: _Reader, data: Any, presets: Any, scopes: frozenset[str] | N
     return everything
 
 
+_NO_ROUTES = ("none, so every request would be refused (403); add presets = "
+              '["ollama-safe"] or [[routes]] tables, or put deny_all = true at the top of '
+              "the file if that is what you want")
+
+
+def _deny_all(reader: _Reader, data: Mapping[str, Any], routes: tuple[Route, ...]) -> bool:
+    """An empty route table refuses everything: only on purpose, never by accident."""
+    deny_all = data.get("deny_all", False)
+    if not isinstance(deny_all, bool):
+        reader.problem("deny_all", "must be true or false")
+        return False
+    if deny_all and routes:
+        reader.problem("deny_all", f"is true but the file has {len(routes)} routes "
+                       "(presets included); keep one or the other")
+    elif not (deny_all or routes or data.get("routes") or data.get("presets")):
+        reader.problem("routes", _NO_ROUTES)
+    return bool(deny_all)
+
+
 def parse_config(data: Mapping[str, Any], source: str) -> Config:
     problems: list[str] = []
     reader = _Reader(source, problems)
     reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "ratelimit", "metrics",
-                          "presets", "routes"}, "")
+                          "presets", "routes", "deny_all"}, "")
     config = Config(
         server=_server(reader, reader.table(data, "server", "server")),
         log=_log(reader, reader.table(data, "log", "log")),
@@ -491,9 +512,28 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
                        _declared_scopes(reader, reader.table(data, "auth", "auth"))),
         source=source,
     )
+    config = replace(config, deny_all=_deny_all(reader, data, config.routes))
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _read_toml(path: Path, source: str) -> dict[str, Any]:
+    """The file's TOML, or one line naming the file and what is wrong with it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError([f"{source}: cannot read: {err.strerror or err}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError([f"{source}: not UTF-8 text (TOML must be): byte "
+                           f"0x{raw[err.start]:02x} on line {line}"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"{source}: not valid TOML: {err}"]) from None
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
@@ -504,14 +544,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         config = Config()
     else:
         source = str(path)
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except OSError as err:
-            raise ConfigError([f"{source}: cannot read: {err.strerror}"]) from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError([f"{source}: not valid TOML: {err}"]) from None
-        config = parse_config(data, source)
+        config = parse_config(_read_toml(Path(path), source), source)
     if env.get(ENV_LISTEN):
         try:
             listen = parse_listen(env[ENV_LISTEN])

@@ -104,7 +104,7 @@ def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
     log_stream = agent_logging.open_log_file(config.log.file)
     agent_logging.configure(config.log.level, log_stream)
     log = agent_logging.get_logger()
-    if not config.routes:
+    if not config.routes and not config.deny_all:  # no file at all: a file must say deny_all
         log.warning("no_routes", error="no [[routes]] configured: every request is denied")
     agent = build_agent(config, log)
     log_path = config.log.file
@@ -175,10 +175,14 @@ def config_group() -> None:
 
 
 @config_group.command("validate")
-@click.argument("path", required=False, type=click.Path(dir_okay=False))
+# A plain Path: load_config names a directory or an unreadable file in one line.
+@click.argument("path", required=False, type=click.Path())
 @click.pass_context
 def config_validate(ctx: click.Context, path: str | None) -> None:
-    """Report every problem in a config file; exit 2 if there is one."""
+    """Report every problem in a config file; exit 2 if there is one.
+
+    A file without routes is a problem unless it says deny_all = true.
+    """
     path = path or ctx.obj["config_path"]
     if path is None:
         raise click.UsageError("give a PATH or --config")
@@ -188,7 +192,8 @@ def config_validate(ctx: click.Context, path: str | None) -> None:
         for problem in err.problems:
             click.echo(problem, err=True)
         sys.exit(EXIT_USAGE)
-    click.echo(f"{path}: OK ({len(config.routes)} routes)")
+    deny_all = ": deny_all, every request is refused" if config.deny_all else ""
+    click.echo(f"{path}: OK ({len(config.routes)} routes{deny_all})")
 
 
 cli.add_command(token)

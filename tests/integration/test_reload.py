@@ -73,3 +73,33 @@ def test_sighup_reload(tmp_path: Path, policy_only_config: Path) -> None:
         assert "config_reloaded" in agent.log()
     finally:
         gw.stop()
+
+
+def test_sighup_with_an_empty_or_undecodable_file_keeps_the_policy(
+        tmp_path: Path, policy_only_config: Path) -> None:
+    config = tmp_path / "agent.toml"
+    original = policy_only_config.read_text()
+    config.write_text(original)
+    gw = Gateway(tmp_path)
+    try:
+        agent = gw.start_agent(config)
+        peer = Peer(gw.agent_port)
+        peer.hello()
+        stream = 0
+        for broken, problem in ((b"", "routes: none, so every request would be refused"),
+                                (original.encode() + b"\n# caf\xe9\n", "not UTF-8 text")):
+            config.write_bytes(broken)
+            failed = agent.log().count("config_reload_failed")
+            agent.popen.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while agent.log().count("config_reload_failed") == failed:
+                assert time.monotonic() < deadline, "SIGHUP not handled"
+                time.sleep(0.05)
+            assert f"{config}: {problem}" in agent.log()
+            for path, decision in (("/api/tags", "allow"), ("/api/ps", "deny")):
+                stream += 1
+                assert decide(peer, stream, path) == decision  # the old policy
+        assert "config_reloaded" not in agent.log()
+        assert agent.popen.poll() is None
+    finally:
+        gw.stop()

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from spoa_agent.cli.main import cli
@@ -53,6 +54,36 @@ def test_config_validate_lists_problems(tmp_path: Path) -> None:
     code, _, err = run("config", "validate", str(bad))
     assert code == 2
     assert "server.workers" in err and "routes[0]" in err and "BREW" in err
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"", "routes: none, so every request would be refused (403)"),
+    (b"[server]\nlisten = \"127.0.0.1:1\xe9\"\n", "not UTF-8 text"),
+    (bytes(range(256)) * 8, "not UTF-8 text"),
+    (b"\x00garbage = = =", "not valid TOML"),
+])
+def test_config_validate_refuses_with_one_line_naming_the_file(tmp_path: Path, raw: bytes,
+                                                                message: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(raw)
+    code, out, err = run("config", "validate", str(bad))
+    assert code == 2 and out == ""
+    assert err.startswith(f"{bad}: ") and message in err and err.count("\n") == 1
+
+
+def test_config_validate_refuses_a_directory(tmp_path: Path) -> None:
+    code, _, err = run("config", "validate", str(tmp_path))
+    assert code == 2
+    assert err == f"{tmp_path}: cannot read: Is a directory\n"
+
+
+def test_config_validate_accepts_deny_all(tmp_path: Path) -> None:
+    config = tmp_path / "closed.toml"
+    config.write_text("deny_all = true\n")
+    code, out, _ = run("config", "validate", str(config))
+    assert code == 0 and "OK (0 routes: deny_all, every request is refused)" in out
+    code, out, _ = run("--config", str(config), "check", "--method", "GET", "--path", "/api/tags")
+    assert code == 1 and out.startswith("DENY 403")
 
 
 def test_serve_rejects_bad_listen() -> None:

@@ -83,8 +83,42 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[server\n"), env={})
 
 
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"", "routes: none, so every request would be refused (403)"),
+    (b"# nothing yet\n[server]\nworkers = 1\n", "put deny_all = true at the top"),
+    (b'[log]\nlevel = "info\xe9"\n', "not UTF-8 text (TOML must be): byte 0xe9 on line 2"),
+    (b"\xff\xfe[\x00\x01garbage" * 64, "not UTF-8 text"),
+    (b"\x00\x01\x02", "not valid TOML"),
+    (b'deny_all = "yes"\n', "deny_all: must be true or false"),
+    (b'deny_all = true\npresets = ["ollama-safe"]\n', "deny_all: is true but the file has"),
+])
+def test_bad_files_are_one_problem_naming_the_file(tmp_path: Path, raw: bytes,
+                                                   message: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith(f"{path}: ")
+    assert message in err.value.problems[0]
+    assert "\n" not in err.value.problems[0]
+
+
+def test_a_directory_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path, env={})
+    assert err.value.problems == [f"{tmp_path}: cannot read: Is a directory"]
+
+
+def test_deny_all_allows_an_empty_route_table(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "deny_all = true\n[server]\nworkers = 1\n"), env={})
+    assert config.deny_all and config.routes == ()
+    assert not load_config(None, env={}).deny_all
+
+
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, '[server]\nlisten = "127.0.0.1:1"\n')
+    path = write(tmp_path, '[server]\nlisten = "127.0.0.1:1"\n[[routes]]\npath = "/"\n'
+                 'methods = ["GET"]\n')
     config = load_config(path, env={"SPOA_AGENT_LISTEN": "[::1]:7000",
                                     "SPOA_AGENT_LOG_FILE": "/tmp/a.log"})
     assert config.server.listen == Listen("::1", 7000)
