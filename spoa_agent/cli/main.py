@@ -10,11 +10,15 @@ from dataclasses import asdict, replace
 from typing import Any, cast
 
 import click
+from click.core import ParameterSource
 
 from spoa_agent import logging as agent_logging
 from spoa_agent.cli.token import token
 from spoa_agent.config import ENV_CONFIG, Config, ConfigError, Listen, load_config, parse_listen
 from spoa_agent.store.redis import parse_url
+
+# `check --token` without the key in the process arguments.
+ENV_CHECK_TOKEN = "SPOA_AGENT_CHECK_TOKEN"
 
 # Exit codes scripts rely on (`check`): 0 allowed, 1 denied, 2 usage/config error.
 EXIT_DENIED = 1
@@ -135,24 +139,47 @@ def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
                            if signum == signal.SIGUSR1 else None))
 
 
+def _read_token() -> str:
+    """One line of stdin, or a prompt that does not echo when stdin is a terminal."""
+    if sys.stdin.isatty():
+        line = str(click.prompt("API key or JWT", hide_input=True, err=True))
+    else:
+        line = sys.stdin.readline()
+    if not line.strip():
+        raise click.BadParameter("no key on the first line of stdin",
+                                 param_hint="--token-stdin")
+    return line.strip()
+
+
 @cli.command()
 @click.option("--method", required=True, help="HTTP method, e.g. POST.")
 @click.option("--path", required=True, help="Request path, e.g. /api/chat.")
 @click.option("--host", default="", help="Host header.")
-@click.option("--token", default=None,
-              help="Check as this API key or JWT (looked up in Redis); default: any valid key.")
+@click.option("--token", default=None, envvar=ENV_CHECK_TOKEN,
+              help="Check as this API key or JWT (looked up in Redis); default: any valid "
+                   "key. On the command line the key is visible to every user of the "
+                   f"machine (ps, /proc): prefer --token-stdin or env {ENV_CHECK_TOKEN}.")
+@click.option("--token-stdin", is_flag=True,
+              help="Read the API key or JWT from the first line of stdin (asked for "
+                   "without echo on a terminal).")
 @click.option("--ip", default="127.0.0.1", show_default=True, help="Client address.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.pass_context
-def check(ctx: click.Context, method: str, path: str, host: str, token: str | None, ip: str,
-          fmt: str) -> None:
+def check(ctx: click.Context, method: str, path: str, host: str, token: str | None,
+          token_stdin: bool, ip: str, fmt: str) -> None:
     """Say whether a request would be allowed, and which rule decided.
 
-    Exits 0 when allowed, 1 when denied, 2 on a usage or configuration error.
+    The key to check as comes from --token-stdin, env SPOA_AGENT_CHECK_TOKEN or
+    --token (visible in the process list). Exits 0 when allowed, 1 when denied,
+    2 on a usage or configuration error.
     """
     from spoa_agent.app import explain
 
+    if token_stdin:
+        if ctx.get_parameter_source("token") is ParameterSource.COMMANDLINE:
+            raise click.UsageError("give --token or --token-stdin, not both")
+        token = _read_token()  # wins over the environment: asked for on this command line
     config = _load(ctx)
     try:
         answer = explain(config, method.upper(), path, host, ip, token)

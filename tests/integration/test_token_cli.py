@@ -104,3 +104,35 @@ def test_check_with_a_real_token(redis_gw: Gateway) -> None:
     assert json.loads(refused.stdout)["reason"] == "revoked_key"
     anyone = redis_gw.spoa_agent(*base)
     assert anyone.returncode == 0 and "as any valid key" in anyone.stdout
+
+
+def test_check_takes_the_key_from_stdin_or_the_environment(redis_gw: Gateway) -> None:
+    """The key never has to be in the process arguments (visible to every user)."""
+    import os
+
+    from tests.conftest import EXAMPLE_CONFIG
+
+    created = json.loads(ok(redis_gw, "create", "--name", "desk", "--format", "json"))
+    key = created["token"]
+    base = [sys.executable, "-m", "spoa_agent", "--config", str(EXAMPLE_CONFIG), "check",
+            "--method", "POST", "--path", "/api/chat"]
+    env = {**os.environ, "SPOA_AGENT_REDIS_URL": redis_gw.redis_url}
+    env.pop("SPOA_AGENT_CHECK_TOKEN", None)
+
+    def check(*args: str, stdin: str = "", **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], input=stdin, capture_output=True, text=True,
+                              env={**env, **extra}, timeout=60)
+
+    for result in (check("--token-stdin", stdin=key + "\n"),
+                   check(SPOA_AGENT_CHECK_TOKEN=key),
+                   # asked for on this command line: wins over the environment
+                   check("--token-stdin", stdin=key + "\n", SPOA_AGENT_CHECK_TOKEN="x")):
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("ALLOW POST /api/chat as desk: allowed")
+    wrong = check("--format", "json", SPOA_AGENT_CHECK_TOKEN=key[:-1] + "A")
+    assert wrong.returncode == 1 and json.loads(wrong.stdout)["status"] == 401
+    ok(redis_gw, "revoke", created["id"])
+    for result in (check("--token-stdin", "--format", "json", stdin=key + "\n"),
+                   check("--format", "json", SPOA_AGENT_CHECK_TOKEN=key)):
+        assert result.returncode == 1
+        assert json.loads(result.stdout)["reason"] == "revoked_key"

@@ -86,6 +86,16 @@ def test_config_validate_accepts_deny_all(tmp_path: Path) -> None:
     assert code == 1 and out.startswith("DENY 403")
 
 
+def test_check_token_stdin_needs_a_key_and_excludes_token() -> None:
+    args = ["--config", EXAMPLE, "check", "--method", "GET", "--path", "/api/tags"]
+    result = CliRunner().invoke(cli, [*args, "--token-stdin"], input="\n",
+                                env={"SPOA_AGENT_CONFIG": None})
+    assert result.exit_code == 2 and "no key on the first line of stdin" in result.stderr
+    result = CliRunner().invoke(cli, [*args, "--token-stdin", "--token", "x"], input="k\n",
+                                env={"SPOA_AGENT_CONFIG": None})
+    assert result.exit_code == 2 and "not both" in result.stderr
+
+
 def test_serve_rejects_bad_listen() -> None:
     code, _, err = run("serve", "--listen", "nowhere")
     assert code == 2
