@@ -44,6 +44,14 @@ local REASONS = {
     "this API key was revoked: ask the gateway's operator for a new one" },
   expired_token = { 401, "expired_token",
     "this token has expired: get a fresh one from your identity provider" },
+  ambiguous_host = { 400, "ambiguous_host",
+    "the Host header must be a plain host name (no trailing dot, no empty label)" },
+  ambiguous_body = { 400, "ambiguous_body",
+    "the JSON body must name its \"model\" exactly once, spelled in lower case, as one UTF-8 JSON object" },
+  length_required = { 411, "length_required",
+    "this endpoint needs a Content-Length header: send the body in one piece, not chunked" },
+  encoded_body = { 415, "unsupported_content_encoding",
+    "this endpoint needs a body without Content-Encoding (no gzip, deflate, ...)" },
   route_not_allowed = { 403, "endpoint_not_exposed",
     "this endpoint is not exposed by the gateway" },
   method_not_allowed = { 403, "endpoint_not_exposed",
@@ -83,12 +91,14 @@ M.BY_STATUS = {
 -- status (the SDKs pick their exception by status; the type is for people).
 local ANTHROPIC_TYPES = {
   [400] = "invalid_request_error", [401] = "authentication_error",
-  [403] = "permission_error", [413] = "request_too_large",
+  [403] = "permission_error", [411] = "invalid_request_error", [413] = "request_too_large",
+  [415] = "invalid_request_error",
   [429] = "rate_limit_error", [503] = "api_error",
 }
 local OPENAI_TYPES = {
   [400] = "invalid_request_error", [401] = "authentication_error",
-  [403] = "permission_error", [413] = "invalid_request_error",
+  [403] = "permission_error", [411] = "invalid_request_error", [413] = "invalid_request_error",
+  [415] = "invalid_request_error",
   [429] = "rate_limit_error", [503] = "service_unavailable",
 }
 

@@ -25,6 +25,7 @@ from spoa_agent.auth.hashing import SecretHasher
 from spoa_agent.auth.jwt import JwtConfigError, JwtVerifier
 from spoa_agent.config import Config, ConfigError, load_config
 from spoa_agent.policy import Decision, RouteTable
+from spoa_agent.policy.body import BodyFacts, BodyProblem, model_of
 from spoa_agent.ratelimit.limiter import UNLIMITED, RateLimiter, Verdict, limit_key
 from spoa_agent.ratelimit.limits import Limit, parse_rate
 from spoa_agent.server import Actions, Agent, Handler
@@ -34,6 +35,10 @@ from spoa_agent.store.redis import async_client, close, redacted, subscriber_cli
 from spoa_agent.store.tokens import KeyLookup, follow_changes
 
 CHECK_REQUEST = "check-request"
+# Log actions of refusals: the client's doing (fail2ban's filter counts
+# some) -> the same refusal when the gateway caused it (a 5xx), never counted.
+GATEWAY_TROUBLE = {"auth_failed": "auth_unavailable", "policy_denied": "policy_unavailable",
+                   "rate_limited": "ratelimit_unavailable"}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -62,16 +67,6 @@ def _text(args: Mapping[str, Value], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _int(args: Mapping[str, Value], key: str) -> int:
-    """An integer argument; HAProxy sends a header (Content-Length) as a string."""
-    value = args.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return 0
-
-
 def credential(args: Mapping[str, Value]) -> str | AuthFailure:
     """The token from `Authorization: Bearer` or `x-api-key`, or why there is none."""
     authorization = _header(args, "authorization")
@@ -96,6 +91,18 @@ def _header(args: Mapping[str, Value], key: str) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     return value if isinstance(value, str) else None
+
+
+def body_facts(args: Mapping[str, Value]) -> BodyFacts:
+    """The request body and its framing, as HAProxy sent them."""
+    body = args.get("body")
+    return BodyFacts(_text(args, "method"), _header(args, "content_length"),
+                     _header(args, "transfer_encoding"), _header(args, "content_encoding"),
+                     body if isinstance(body, bytes) else b"")
+
+
+def _refused(problem: BodyProblem, decision: Decision) -> Decision:
+    return Decision(False, problem.status, problem.reason, decision.rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +217,15 @@ class RequestChecker:
         own routes, scopes, the body size, the model. (Decision, detail)."""
         route = decision.route
         assert route is not None
-        if route.max_body is not None and _int(args, "content_length") > route.max_body:
-            return Decision(False, 413, "body_too_large", decision.rule), str(route.max_body)
+        check_model = bool(principal is not None and principal.models and route.model_in_body)
+        body: BodyFacts | None = None
+        if route.max_body is not None or check_model:
+            body = body_facts(args)
+            length = body.length()
+            if isinstance(length, BodyProblem):
+                return _refused(length, decision), ""
+            if route.max_body is not None and length > route.max_body:
+                return Decision(False, 413, "body_too_large", decision.rule), str(route.max_body)
         if principal is None:
             return decision, ""
         if principal.routes and decision.rule not in principal.routes:
@@ -220,14 +234,12 @@ class RequestChecker:
         if missing:
             return (Decision(False, 403, "missing_scope", decision.rule),
                     " ".join(sorted(missing)))
-        if principal.models and route.model_in_body:
-            model = _text(args, "model")
-            if not model:
-                if _int(args, "content_length") > _int(args, "body_len"):
-                    # HAProxy could not hold the whole body to read the model.
-                    return Decision(False, 413, "body_too_large_for_model_check",
-                                    decision.rule), ""
-                return Decision(False, 400, "model_missing", decision.rule), ""
+        if check_model:
+            assert body is not None
+            whole = body.whole()
+            model = whole if isinstance(whole, BodyProblem) else model_of(whole)
+            if isinstance(model, BodyProblem):
+                return _refused(model, decision), ""
             if model not in principal.models:
                 return Decision(False, 403, "model_not_allowed", decision.rule), model
         return decision, ""
@@ -270,9 +282,8 @@ class RequestChecker:
                       rule=decision.rule, **_who(principal))
         if not verdict.admitted:
             decision = Decision(False, verdict.status, verdict.reason, decision.rule)
-            self._log_denial("rate_limited" if verdict.status == 429 else "ratelimit_unavailable",
-                             args, started, verdict.status, verdict.reason, rule=decision.rule,
-                             scope=verdict.limit.scope if verdict.limit else "",
+            self._log_denial("rate_limited", args, started, verdict.status, verdict.reason,
+                             rule=decision.rule, scope=verdict.limit.scope if verdict.limit else "",
                              **_who(principal))
         out = decision_vars(decision)
         if decision.route is not None and decision.route.public:
@@ -286,7 +297,13 @@ class RequestChecker:
 
     def _log_denial(self, action: str, args: Mapping[str, Value], started: int, status: int,
                     reason: str, **extra: str) -> None:
-        self._log("warning", action, args, started, status, reason, **extra)
+        """One line per refusal, under `action`, the client's doing; a 5xx is
+        the gateway's own trouble (Redis down, key checks saturated) and goes
+        under the action's *_unavailable twin, which fail2ban never counts."""
+        if status >= 500:
+            self._log("error", GATEWAY_TROUBLE[action], args, started, status, reason, **extra)
+        else:
+            self._log("warning", action, args, started, status, reason, **extra)
 
     def _log(self, level: str, action: str, args: Mapping[str, Value], started: int,
              status: int, reason: str, **extra: str) -> None:

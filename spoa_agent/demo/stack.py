@@ -8,6 +8,7 @@ run the gateway the same way: the shipped haproxy.cfg, from the repo root.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
@@ -223,13 +225,23 @@ class Gateway:
 
     def start_upstream(self, name: str = "upstream", port: int | None = None) -> Process:
         """The demo upstream (spoa_agent.demo.upstream); another one when given
-        its own name and port."""
+        its own name and port. It records every request that reaches it
+        (upstream_requests())."""
         port = port or self.upstream_port
         proc = spawn(name, [sys.executable, "-m", "spoa_agent.demo.upstream",
-                            "--listen", f"127.0.0.1:{port}"], self.workdir)
+                            "--listen", f"127.0.0.1:{port}",
+                            "--record", str(self.workdir / f"{name}-requests.jsonl")],
+                     self.workdir)
         wait_for_port(port, proc.popen)
         self.processes[name] = proc
         return proc
+
+    def upstream_requests(self, name: str = "upstream") -> list[dict[str, Any]]:
+        """What reached the upstream so far, oldest first (see start_upstream)."""
+        path = self.workdir / f"{name}-requests.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
 
     def start_agent(self, config: Path, workers: int = 1, port: int | None = None,
                     name: str = "agent") -> Process:

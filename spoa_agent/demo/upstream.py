@@ -17,7 +17,10 @@ It speaks enough of three APIs for their official SDKs (`openai`, `anthropic`,
 Every answer reports what reached the upstream, so tests can check that
 credentials never get past HAProxy: `X-Upstream-Saw` lists the request's header
 names (lowercased, sorted), `X-Upstream-Principal` echoes `X-Spoa-Principal`.
-Request headers that shape the answer, for tests:
+With `--record FILE`, every request that reached the upstream is appended
+to FILE as one JSON line (method, target, headers in order, body length and
+the body's first bytes), so tests assert what got past the gateway, not only
+the status the client saw. Request headers that shape the answer, for tests:
 
     X-Upstream-Delay: <s>         sleep before answering a POST (requests in flight)
     X-Upstream-Chunk-Delay: <s>   sleep between the chunks of a streamed answer
@@ -34,6 +37,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import struct
 import time
 import urllib.parse
@@ -51,6 +55,7 @@ CREATED_AT = "2025-01-01T00:00:00Z"  # fixed: answers stay comparable between ru
 USAGE_IN, USAGE_OUT = 1, 5
 MAX_DELAY = 10.0  # seconds: a typo in a test must not hang the suite
 MAX_BODY = 16 << 20  # bytes, request bodies and WebSocket frames alike
+RECORD_BODY = 4096  # bytes of each request body kept by --record
 
 JSON = dict[str, Any]
 
@@ -531,12 +536,34 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         upgrade = {token.strip() for token in self.headers.get("Upgrade", "").lower().split(",")}
         return self.command == "GET" and "websocket" in upgrade
 
+    def _record(self, raw: bytes | None) -> None:
+        target = getattr(self.server, "record_to", None)
+        if target is None:
+            return
+        line = json.dumps({
+            "method": self.command, "target": self.path,
+            "headers": [[name, value] for name, value in self.headers.items()],
+            "body_len": None if raw is None else len(raw),
+            "body": None if raw is None else raw[:RECORD_BODY].decode("utf-8", "replace"),
+        }).encode() + b"\n"
+        # One write per line on an O_APPEND descriptor: lines of concurrent
+        # requests never interleave.
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
     def _handle(self) -> None:
         path = self.path.split("?", 1)[0]
+        raw: bytes | None = None
         try:
             delay = _seconds(self.headers, "X-Upstream-Delay")
             chunk_delay = _seconds(self.headers, "X-Upstream-Chunk-Delay")
-            raw = _read_body(self.headers, self.rfile)
+            try:
+                raw = _read_body(self.headers, self.rfile)
+            finally:
+                self._record(raw)
             body = _json_object(raw) if self.command == "POST" else {}
         except BadRequest as e:
             # The body's framing may be broken: this connection carries nothing more.
@@ -562,6 +589,7 @@ class UpstreamHandler(BaseHTTPRequestHandler):
 
 class UpstreamServer(ThreadingHTTPServer):
     daemon_threads = True
+    record_to: str | None = None  # --record
     # socketserver's default listen backlog is 5: a burst of connections from
     # HAProxy would wait for SYN retransmits (1 s, 3 s, ...).
     request_queue_size = 1024
@@ -574,9 +602,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", default="127.0.0.1:11434")
+    parser.add_argument("--record", metavar="FILE",
+                        help="append every request that arrives to FILE, one JSON line each")
     ns = parser.parse_args()
     host, _, port = ns.listen.rpartition(":")
     server = UpstreamServer((host, int(port)), UpstreamHandler)
+    server.record_to = ns.record
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

@@ -82,14 +82,24 @@ class Decision:
 ALLOW = "allowed"
 NO_ROUTE = Decision(False, 403, "route_not_allowed")
 UNSAFE_PATH = Decision(False, 403, "path_not_normalized")
+AMBIGUOUS_HOST = Decision(False, 400, "ambiguous_host")
+# A Host header both HAProxy (haproxy.cfg's txn.host, which picks the
+# backend) and the policy read the same way: a name without trailing dot or
+# empty label, or an IPv6 literal, then maybe a port; haproxy.cfg refuses
+# the others with the same expression.
+_CANONICAL_HOST = re.compile(
+    r"([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])"
+    r"(:[0-9]{1,5})?")
 
 
 def normalize_host(host: str) -> str:
-    """The Host header as routes name it: lower case, no port, no final dot."""
-    host = host.strip().lower()
+    """The Host header as haproxy.cfg's txn.host gives it (`host_only,lower`):
+    lower case, no port. A final dot stays, so that such a name matches no
+    rule of the name without it (and is refused as ambiguous)."""
+    host = host.lower()
     if host.startswith("["):
         return host.partition("]")[0] + "]"
-    return host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
+    return host.rpartition(":")[0] if ":" in host else host
 
 
 def _stems(path: str) -> list[str]:
@@ -184,6 +194,8 @@ class RouteTable:
         return None
 
     def decide(self, method: str, path: str, host: str = "") -> Decision:
+        if host and not _CANONICAL_HOST.fullmatch(host.lower()):
+            return AMBIGUOUS_HOST
         own = self._own_table(host)
         candidates = (own.candidates(path) if own is not None else []) \
             or self._any.candidates(path)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from spoa_agent.config import load_config
-from spoa_agent.policy import Route, RouteError, RouteTable
+from spoa_agent.policy import Route, RouteError, RouteTable, normalize_host
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agent.example.toml"
 
@@ -103,6 +103,26 @@ def test_hosts_exact_wildcard_and_any() -> None:
     # Rules without a host apply on every host.
     assert table.decide("GET", "/api/tags", "hal9000-api.example.com").rule == "anywhere"
     assert table.decide("GET", "/api/tags", "x").rule == "anywhere"
+
+
+@pytest.mark.parametrize("host", [
+    "chat.example.com.", "chat.example.com..", "CHAT.EXAMPLE.COM.", "chat.example.com.:8080",
+    "chat..example.com", ".chat.example.com", "chat.example.com:80.", "chat_example.com",
+    "chat.example.com ", "chat.example.com:", "chat.example.com:123456", "[::1",
+])
+def test_a_host_in_no_canonical_spelling_is_refused_as_ambiguous(host: str) -> None:
+    # haproxy.cfg refuses the same spellings before the agent sees them, and
+    # picks the backend by the same reading of the rest (txn.host).
+    own = Route("/", frozenset({"POST"}), "openwebui", host="chat.example.com", prefix=True,
+                public=True)
+    decision = RouteTable((own,)).decide("POST", "/api/pull", host)
+    assert (decision.status, decision.reason) == (400, "ambiguous_host")
+
+
+@pytest.mark.parametrize("host", ["chat.example.com", "Chat.Example.COM:8080"])
+def test_a_canonical_host_is_read_without_port_and_case(host: str) -> None:
+    own = Route("/", frozenset({"POST"}), "openwebui", host=normalize_host(host), prefix=True)
+    assert RouteTable((own,)).decide("POST", "/api/pull", host).rule == "openwebui"
 
 
 @pytest.mark.parametrize(("path", "allowed"), [
