@@ -398,13 +398,18 @@ class CheckResult:
 
 
 def explain(config: Config, method: str, path: str, host: str, ip: str,
-            token: str | None) -> CheckResult:
+            token: str | None, body: bytes | None = None) -> CheckResult:
     """What the agent would answer for this request (`spoa-agent check`).
 
     The same RequestChecker as in `serve`; without a token, as any valid key.
+    The host and path as the client sends them (HAProxy's txn.host drops the
+    port the same way); a body goes with its Content-Length.
     """
-    args: dict[str, Value] = {"method": method, "path": path, "host": host,
+    # HTTP drops the whitespace around a header's value before anyone reads it.
+    args: dict[str, Value] = {"method": method, "path": path, "host": host.strip(" \t"),
                               "ip": ipaddress.ip_address(ip), "user_agent": "spoa-agent check"}
+    if body is not None:
+        args.update(body=body, content_length=str(len(body)))
     quiet = structlog.wrap_logger(structlog.ReturnLogger())
 
     async def run() -> Actions:

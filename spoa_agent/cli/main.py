@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import click
 from click.core import ParameterSource
@@ -23,6 +23,9 @@ ENV_CHECK_TOKEN = "SPOA_AGENT_CHECK_TOKEN"
 # Exit codes scripts rely on (`check`): 0 allowed, 1 denied, 2 usage/config error.
 EXIT_DENIED = 1
 EXIT_USAGE = 2
+# A body HAProxy could hand the agent whole (tune.bufsize is 16 kB by default);
+# larger ones are refused by the agent anyway when a decision needs them.
+MAX_CHECK_BODY = 1 << 20
 
 
 class ListenType(click.ParamType[Listen]):
@@ -163,11 +166,14 @@ def _read_token() -> str:
               help="Read the API key or JWT from the first line of stdin (asked for "
                    "without echo on a terminal).")
 @click.option("--ip", default="127.0.0.1", show_default=True, help="Client address.")
+@click.option("--body", type=click.File("rb"), default=None,
+              help="The request body, from a file or - for stdin, sent with its "
+                   "Content-Length: body sizes and the key's models are checked on it.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.pass_context
 def check(ctx: click.Context, method: str, path: str, host: str, token: str | None,
-          token_stdin: bool, ip: str, fmt: str) -> None:
+          token_stdin: bool, ip: str, body: BinaryIO | None, fmt: str) -> None:
     """Say whether a request would be allowed, and which rule decided.
 
     The key to check as comes from --token-stdin, env SPOA_AGENT_CHECK_TOKEN or
@@ -179,10 +185,16 @@ def check(ctx: click.Context, method: str, path: str, host: str, token: str | No
     if token_stdin:
         if ctx.get_parameter_source("token") is ParameterSource.COMMANDLINE:
             raise click.UsageError("give --token or --token-stdin, not both")
+        if body is not None and body.name == "<stdin>":
+            raise click.UsageError("--token-stdin and --body - both read stdin: give one")
         token = _read_token()  # wins over the environment: asked for on this command line
     config = _load(ctx)
+    content = None if body is None else body.read(MAX_CHECK_BODY + 1)
+    if content is not None and len(content) > MAX_CHECK_BODY:
+        raise click.BadParameter(f"larger than {MAX_CHECK_BODY} bytes, more than HAProxy "
+                                 "holds for the agent", param_hint="--body")
     try:
-        answer = explain(config, method.upper(), path, host, ip, token)
+        answer = explain(config, method.upper(), path, host, ip, token, content)
     except ValueError as err:  # a bad --ip
         raise click.BadParameter(str(err), param_hint="--ip") from None
     if fmt == "json":
