@@ -23,7 +23,8 @@ SAMPLE_LINES = samples()
 
 def test_samples_cover_every_action_the_agent_logs_on_a_client() -> None:
     actions = {json.loads(line)["event.action"] for _, line in SAMPLE_LINES}
-    assert {"auth_failed", "policy_denied", "rate_limited", "ratelimit_unavailable"} <= actions
+    assert {"auth_failed", "policy_denied", "rate_limited", "ratelimit_unavailable",
+            "auth_unavailable"} <= actions
     assert any(not expected["match"] for expected, _ in SAMPLE_LINES)
 
 
