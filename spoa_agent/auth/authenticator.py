@@ -5,6 +5,11 @@ cache of verified keys, the cache of recent failures, and JWTs (CPU only).
 When it returns None the key must be looked up in Redis and its secret
 checked with argon2id: `verify_slow()` does that once per key and cache
 lifetime, with concurrent requests for the same key sharing one check.
+
+Revocation wins every race: `key_changed()` (the key-event channel) drops a
+key's cache entries, and a check that began before the change, or before a
+"forget everything", neither caches its answer nor serves requests that
+arrive after the change.
 """
 
 from __future__ import annotations
@@ -74,6 +79,15 @@ def _failure_of(record: KeyRecord | None, key_id: str, now: float) -> AuthFailur
     return None
 
 
+@dataclass(slots=True, eq=False)
+class _Check:
+    """A key check in progress: requests for the same key while it runs share it."""
+
+    key_id: str
+    started: int  # Authenticator._changes when it began, before the Redis read
+    future: asyncio.Future[Principal | AuthFailure]
+
+
 class Authenticator:
     def __init__(
         self,
@@ -92,8 +106,17 @@ class Authenticator:
         self.verified: TtlLru[bytes, Principal] = TtlLru(settings.cache_size, settings.cache_ttl)
         self.failures: TtlLru[bytes, AuthFailure] = TtlLru(settings.cache_size,
                                                            settings.failure_ttl)
-        self._checking: dict[bytes, asyncio.Future[Principal | AuthFailure]] = {}
+        # Checks a new request for the same key may join (none begun before a
+        # change of that key), and every check still running, for the limits.
+        self._checking: dict[bytes, _Check] = {}
+        self._running = 0
         self._check_limit = settings.argon2_workers + settings.argon2_max_pending
+        # Change announcements so far; the count at the last "forget
+        # everything"; per key id, the count at its last change (kept only
+        # while checks run: only they compare against it).
+        self._changes = 0
+        self._forgot_at = 0
+        self._changed_at: dict[str, int] = {}
         self._touched: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -141,25 +164,37 @@ class Authenticator:
         digest = token_digest(token)
         running = self._checking.get(digest)
         if running is not None:
-            return await asyncio.shield(running)
-        if len(self._checking) >= self._check_limit:
-            return AuthFailure(503, "auth_overloaded", parse_key(token, self.settings.key_prefix)
-                               .key_id)
-        future: asyncio.Future[Principal | AuthFailure] = (
-            asyncio.get_running_loop().create_future())
-        self._checking[digest] = future
+            return await asyncio.shield(running.future)
+        key_id = parse_key(token, self.settings.key_prefix).key_id
+        if self._running >= self._check_limit:
+            return AuthFailure(503, "auth_overloaded", key_id)
+        check = _Check(key_id, self._changes, asyncio.get_running_loop().create_future())
+        self._checking[digest] = check
+        self._running += 1
         try:
-            result = await self._check(token, digest)
-            future.set_result(result)
+            result = await self._check(token, digest, check)
+            check.future.set_result(result)
             return result
         except BaseException as err:
-            future.set_exception(err)
-            future.exception()  # retrieved: nobody else may be waiting
+            check.future.set_exception(err)
+            check.future.exception()  # retrieved: nobody else may be waiting
             raise
         finally:
-            del self._checking[digest]
+            self._finished(digest, check)
 
-    async def _check(self, token: str, digest: bytes) -> Principal | AuthFailure:
+    def _finished(self, digest: bytes, check: _Check) -> None:
+        if self._checking.get(digest) is check:
+            del self._checking[digest]
+        self._running -= 1
+        if not self._running:
+            self._changed_at.clear()
+
+    def _current(self, check: _Check) -> bool:
+        """No change of the key, and no "forget everything", since the check began."""
+        return (self._forgot_at <= check.started
+                and self._changed_at.get(check.key_id, 0) <= check.started)
+
+    async def _check(self, token: str, digest: bytes, check: _Check) -> Principal | AuthFailure:
         parsed = parse_key(token, self.settings.key_prefix)
         if self.lookup is None:
             return AuthFailure(503, "store_unavailable", parsed.key_id)
@@ -184,11 +219,15 @@ class Authenticator:
                 until = min(record.prev_hash_until or now, principal.expires_at or math.inf)
                 principal = replace(principal, expires_at=until)
             if good:
-                self.verified.put(digest, principal, self.clock())
+                # A record read before a revocation announced since then: this
+                # answer goes to the requests that came before it, not to the cache.
+                if self._current(check):
+                    self.verified.put(digest, principal, self.clock())
                 self._touch(parsed.key_id, now)
                 return principal
             failure = AuthFailure(401, "wrong_secret", parsed.key_id)
-        self.failures.put(digest, failure, self.clock())
+        if self._current(check):
+            self.failures.put(digest, failure, self.clock())
         return failure
 
     def _touch(self, key_id: str, now: float) -> None:
@@ -207,11 +246,22 @@ class Authenticator:
             self.log.warning("store_error", error=str(err), key_id=key_id)
 
     def key_changed(self, key_id: str | None) -> None:
-        """A key was revoked, rotated or updated (None: maybe any key): forget it."""
+        """A key was revoked, rotated or updated (None: maybe any key): forget it.
+
+        Checks already running finish for the requests waiting on them, but
+        cache nothing, and later requests start a check of their own."""
+        self._changes += 1
         if key_id is None:
+            self._forgot_at = self._changes
+            self._changed_at.clear()
+            self._checking.clear()
             self.verified.clear()
             self.failures.clear()
             return
+        if self._running:
+            self._changed_at[key_id] = self._changes
+            for digest in [d for d, c in self._checking.items() if c.key_id == key_id]:
+                del self._checking[digest]
         dropped = self.verified.drop_where(lambda p: p.id == key_id)
         dropped += self.failures.drop_where(lambda f: f.key_id == key_id)
         self.log.debug("key_cache_dropped", key_id=key_id, entries=dropped)

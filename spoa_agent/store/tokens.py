@@ -183,37 +183,82 @@ class KeyLookup:
         await self._touch(keys=[record_key(key_id)], args=[str(now)])
 
 
+# The subscription is PINGed this often; not heard from (a message, a pong)
+# for LIVE_FOR it counts as lost. While it is lost, and until Redis confirms a
+# new one, on_change(None) is called every HEARTBEAT: announcements may be
+# missed, so nothing cached is trusted for more than about LIVE_FOR + HEARTBEAT
+# (under the 1 s in which a revocation must reach every agent).
+HEARTBEAT = 0.25
+LIVE_FOR = 0.6
+
+
 async def follow_changes(
     client: redis.asyncio.Redis,
     on_change: Callable[[str | None], None],
     log: Any,
     retry_every: float = 0.5,
     retry_at_most: float = 5.0,
+    heartbeat: float = HEARTBEAT,
+    live_for: float = LIVE_FOR,
 ) -> None:
     """Call on_change(key_id) for every announced change, for ever.
 
     `client` must have no socket timeout: a quiet channel is not an error.
 
-    on_change(None) means "forget everything": called on each (re)subscription,
-    since announcements made while we were not listening are lost. While Redis
-    is away, retries back off from `retry_every` to `retry_at_most` seconds
-    and only the first failure is logged.
+    on_change(None) means "forget everything": called whenever Redis confirms
+    a (re)subscription (redis-py may reconnect and resubscribe by itself),
+    and every `heartbeat` while the subscription is down or silent, since
+    announcements made while we were not listening are lost. While Redis is
+    away, retries back off from `retry_every` to `retry_at_most` seconds and
+    only the first failure is logged.
     """
+    loop = asyncio.get_running_loop()
+    heard: list[float | None] = [None]  # last sign of a live subscription; None: none yet
+    watchdog = loop.create_task(_forget_while_deaf(on_change, heard, heartbeat, live_for))
     delay = retry_every
     failing = False
+    try:
+        while True:
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    subscribed = loop.time()
+                    while True:
+                        await pubsub.ping()
+                        until = loop.time() + heartbeat
+                        while (left := until - loop.time()) > 0:
+                            message = await pubsub.get_message(timeout=left)
+                            if message is None:
+                                continue
+                            kind = message.get("type")
+                            if kind == "subscribe":
+                                on_change(None)
+                                log.info("key_events_subscribed")
+                                delay, failing = retry_every, False
+                            elif kind == "message":
+                                on_change(str(message["data"]))
+                            heard[0] = loop.time()
+                        last = heard[0]
+                        if loop.time() - (subscribed if last is None else last) > live_for:
+                            raise redis.ConnectionError(f"Redis silent for over {live_for} s")
+            except (redis.RedisError, OSError) as err:
+                if not failing:
+                    log.warning("key_events_lost", error=str(err))
+                failing = True
+            heard[0] = None
+            on_change(None)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, retry_at_most)
+    finally:
+        watchdog.cancel()
+
+
+async def _forget_while_deaf(on_change: Callable[[str | None], None], heard: list[float | None],
+                             heartbeat: float, live_for: float) -> None:
+    # Apart from the reading loop, which may sit in a reconnection for longer.
+    loop = asyncio.get_running_loop()
     while True:
-        try:
-            async with client.pubsub() as pubsub:
-                await pubsub.subscribe(CHANNEL)
-                on_change(None)
-                log.info("key_events_subscribed")
-                delay, failing = retry_every, False
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        on_change(str(message["data"]))
-        except (redis.RedisError, OSError) as err:
-            if not failing:
-                log.warning("key_events_lost", error=str(err))
-            failing = True
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, retry_at_most)
+        await asyncio.sleep(heartbeat)
+        last = heard[0]
+        if last is None or loop.time() - last > live_for:
+            on_change(None)

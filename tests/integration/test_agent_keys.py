@@ -4,7 +4,9 @@ secrets in Redis. The peer speaks raw SPOP as HAProxy would."""
 
 from __future__ import annotations
 
+import collections
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from spoa_agent.auth.keys import format_key, new_secret, parse_key
+from spoa_agent.auth import Argon2Params, SecretHasher
+from spoa_agent.auth.keys import format_key, new_key_id, new_secret, parse_key
 from spoa_agent.demo.stack import Gateway, free_port
 from spoa_agent.spop import Ack, SetVar
 from spoa_agent.store.redis import sync_client
+from spoa_agent.store.tokens import KeyRecord, TokenStore
 from tests.conftest import EXAMPLE_CONFIG
 from tests.peer import Peer
 
@@ -238,3 +242,59 @@ def test_agent_starts_without_redis_fails_closed_then_recovers(tmp_path: Path) -
             time.sleep(0.01)
     finally:
         gw.stop()
+
+
+
+def _traffic_while_revoking(gw: Gateway, key_id: str, token: str,
+                            lead: float) -> tuple[float, list[tuple[float, object]]]:
+    """Four connections send requests with `token` from `lead` s after the CLI
+    starts revoking it until 2 s after it is done: when it was done, and each
+    request's start time and reason ("allowed" when let in)."""
+    answers: list[tuple[float, object]] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        peer = Peer(gw.agent_port)
+        peer.hello()
+        stream = 0
+        while not stop.is_set():
+            sent = time.monotonic()
+            answers.append((sent, answer(peer, stream, token).get("reason")))
+            stream += 1
+            time.sleep(0.005)
+
+    revoker = threading.Thread(target=gw.spoa_agent, args=("token", "revoke", key_id))
+    revoker.start()
+    time.sleep(lead)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = [pool.submit(traffic) for _ in range(4)]
+        revoker.join()
+        revoked_at = time.monotonic()
+        time.sleep(2.0)
+        stop.set()
+        for job in jobs:
+            job.result()
+    return revoked_at, answers
+
+
+def test_revoked_while_first_checks_run_is_refused_within_a_second(
+        redis_gw: Gateway) -> None:
+    # Revocation wins every race (issue 12, item 5): requests keep coming
+    # while the CLI revokes the key, timed to land while the key's first
+    # argon2id check runs (made slow here: time_cost 32, ~0.3 s); every request
+    # that starts more than 1 s after the CLI is done must be refused.
+    gw = redis_gw
+    gw.start_agent(EXAMPLE_CONFIG)
+    store = TokenStore(sync_client(gw.redis_url))
+    slow = SecretHasher(Argon2Params(time_cost=32))
+    started = time.monotonic()
+    assert gw.spoa_agent("token", "list").returncode == 0
+    cli_takes = time.monotonic() - started  # mostly Python starting up
+    for round_ in range(3):
+        key_id, secret = new_key_id(), new_secret()
+        assert store.create(KeyRecord(key_id, f"race{round_}", slow.hash(secret)))
+        revoked_at, answers = _traffic_while_revoking(
+            gw, key_id, format_key("spoa", key_id, secret),
+            lead=max(0.0, cli_takes - 0.1 * (round_ + 1)))
+        late = [reason for sent, reason in answers if sent > revoked_at + 1.0]
+        assert late and set(late) == {"revoked_key"}, (round_, collections.Counter(late))
