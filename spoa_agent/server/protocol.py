@@ -3,6 +3,13 @@
 Reads frames, answers HELLO, runs handlers, writes each frame with a single
 write. ACKs go back in whatever order handlers finish (pipelining), always on
 this connection. Every error the peer causes ends in AGENT-DISCONNECT.
+
+No one connection can starve the others or grow our memory: each handles at
+most MESSAGES_PER_TURN messages per turn of the event loop and leaves the rest
+of what it read for the next turn, and none is read while it has frames left
+over, too much work in flight, or a peer that does not read its ACKs. What we
+buffer per connection is then at most one read (256 KiB) plus a partial frame
+in, and WRITE_HIGH plus one turn's and the in-flight NOTIFYs' ACKs out.
 """
 
 from __future__ import annotations
@@ -31,6 +38,24 @@ from spoa_agent.spop import (
 
 NOTIFY_FRAMES = metrics.FRAMES.labels("notify")
 
+# Messages (handler calls) one connection may have handled per turn of the
+# event loop before every other connection's read is handled; an empty NOTIFY
+# counts as one. HAProxy sends about one NOTIFY of one message per read, so
+# this never binds on it; a peer pipelining thousands per read (a flood, or a
+# client that is not HAProxy) gets 64 per turn, well under a millisecond of
+# handler time, and every gateway request waits at most that for it. Smaller
+# would add a loop turn per few frames for a busy pipelining peer.
+MESSAGES_PER_TURN = 64
+# The transport's write buffer. HAProxy reads its ACKs at once and the kernel
+# takes hundreds of KiB before anything is buffered here, so only a peer that
+# sends without reading fills it: past WRITE_HIGH we stop reading it and
+# handling its frames until the buffer is under WRITE_LOW again.
+WRITE_HIGH = 64 * 1024
+WRITE_LOW = 16 * 1024
+# Why a connection's frames are not handled now (bits of SpopProtocol._stalled).
+_IN_FLIGHT = 1  # max_in_flight of its NOTIFYs are being handled
+_WRITE_FULL = 2  # its peer is not reading: our write buffer is over WRITE_HIGH
+
 
 class SpopProtocol(asyncio.Protocol):
     def __init__(
@@ -49,7 +74,11 @@ class SpopProtocol(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self._deadlines: dict[asyncio.Task[None], asyncio.TimerHandle] = {}
         self._expired: set[asyncio.Task[None]] = set()  # cancelled by their deadline
-        self._paused = False
+        self._stalled = 0  # _IN_FLIGHT | _WRITE_FULL
+        # Frames may be buffered that this turn did not handle; a _resume is queued.
+        self._backlog = False
+        self._resume_queued = False
+        self._reading = True  # what we last asked of the transport
         self._draining = False
         self._hello_timer: asyncio.TimerHandle | None = None
         self._batch: list[bytes] | None = None
@@ -60,6 +89,7 @@ class SpopProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.log = self.log.bind(peer=f"{peer[0]}:{peer[1]}" if peer else "?")
         sock = transport.get_extra_info("socket")
@@ -81,6 +111,14 @@ class SpopProtocol(asyncio.Protocol):
         finally:
             self._flush()
 
+    def pause_writing(self) -> None:
+        # The peer sends without reading: what it sends waits in its own
+        # socket buffer, not in our memory, until it reads its ACKs.
+        self._stall(_WRITE_FULL)
+
+    def resume_writing(self) -> None:
+        self._unstall(_WRITE_FULL)
+
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
         self._pump()
@@ -100,9 +138,19 @@ class SpopProtocol(asyncio.Protocol):
     # --- frames -----------------------------------------------------------
 
     def _pump(self) -> None:
-        """Handle every whole frame buffered, unless too much work is in flight."""
+        """Handle the whole frames buffered, up to this turn's budget, unless
+        too much work is in flight or the peer is not reading."""
         conn = self.conn
-        while not self._paused:
+        budget = MESSAGES_PER_TURN
+        while not self._stalled:
+            if budget <= 0:
+                # The rest next turn, after every other connection's read;
+                # reading more of this one now would only grow the buffer.
+                if not self._backlog:
+                    self._backlog = True
+                    self._set_reading()
+                self._queue_resume()
+                return
             try:
                 event = conn.next_event()
             except SpopError as err:
@@ -112,10 +160,14 @@ class SpopProtocol(asyncio.Protocol):
             if kind is Notify:
                 assert isinstance(event, Notify)
                 NOTIFY_FRAMES.inc()
+                budget -= len(event.messages) or 1
                 self._on_notify(event)
                 if len(self.tasks) >= self.settings.max_in_flight:
-                    self._pause()
+                    self._stall(_IN_FLIGHT)
             elif event is NEED_DATA:
+                if self._backlog:
+                    self._backlog = False
+                    self._set_reading()
                 return
             elif kind is HaproxyHello:
                 assert isinstance(event, HaproxyHello)
@@ -197,8 +249,8 @@ class SpopProtocol(asyncio.Protocol):
         self._expired.discard(task)
         self.tasks.discard(task)
         metrics.IN_FLIGHT.dec()
-        if self._paused and len(self.tasks) < self.settings.max_in_flight:
-            self._resume()
+        if self._stalled & _IN_FLIGHT and len(self.tasks) < self.settings.max_in_flight:
+            self._unstall(_IN_FLIGHT)
         if self._draining and not self.tasks:
             self._disconnect(Status.NORMAL, "agent shutting down")
 
@@ -214,16 +266,50 @@ class SpopProtocol(asyncio.Protocol):
 
     # --- flow control and shutdown -----------------------------------------
 
-    def _pause(self) -> None:
-        self._paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+    def _stall(self, reason: int) -> None:
+        self._stalled |= reason
+        self._set_reading()
+
+    def _unstall(self, reason: int) -> None:
+        self._stalled &= ~reason
+        if not self._stalled:
+            # Frames buffered while stalled come first: reading resumes once
+            # _pump has found no whole frame left.
+            self._backlog = True
+            self._queue_resume()
+
+    def _set_reading(self) -> None:
+        # Read only what we will handle this turn: never while frames are
+        # left over or stalled, so the receive buffer holds at most one read.
+        reading = not self._stalled and not self._backlog
+        if reading is self._reading:
+            return
+        self._reading = reading
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if reading:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+
+    def _queue_resume(self) -> None:
+        # On the next turn, like another connection's read: the others are
+        # served in between (round robin).
+        if not self._resume_queued:
+            self._resume_queued = True
+            asyncio.get_running_loop().call_soon(self._resume)
 
     def _resume(self) -> None:
-        self._paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-        self._pump()  # frames buffered while paused
+        self._resume_queued = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._batch is None:
+            self._batch = []
+        try:
+            self._pump()
+        finally:
+            self._flush()
 
     def drain(self) -> None:
         """Finish what is in flight, then say goodbye (SIGTERM)."""
@@ -262,5 +348,12 @@ class SpopProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         self._flush()
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if self._stalled & _WRITE_FULL:
+            # Its peer reads nothing: a close would wait for our unsent
+            # bytes, and hold the connection (and a drain) open, until it
+            # goes away.
+            self.transport.abort()
+        else:
             self.transport.close()
