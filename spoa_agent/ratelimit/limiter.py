@@ -1,9 +1,14 @@
-"""Checks every limit of a request in one Redis round trip (gcra.lua).
+"""Checks every limit of a request in Redis, the requests of a turn of the
+event loop together: one script call (gcra_batch.lua) per batch.
 
 Before Redis: the over-limit cache (a limit known to refuse until T refuses
 locally) and the circuit breaker (a dead Redis is not called on every
 request). When Redis cannot answer within the client's timeout, each limit's
 `on_redis_error` decides: `open` admits, `closed` refuses with 503.
+
+No Task, Future or timer per request: submit() queues a request with the
+callback that answers it; once per turn of the loop the queue leaves as one
+script call, and one callback per batch answers every request in it.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from spoa_agent.cache import TtlLru
 from spoa_agent.ratelimit.breaker import CircuitBreaker
 from spoa_agent.ratelimit.limits import Limit, OnRedisError
 
-GCRA_SCRIPT = resources.files("spoa_agent.ratelimit").joinpath("gcra.lua").read_text()
+GCRA_SCRIPT = resources.files("spoa_agent.ratelimit").joinpath("gcra_batch.lua").read_text()
 # Every limiter key shares this hash tag: one script call may touch all the
-# limits of a request, which on a Redis Cluster must live in one slot.
+# limits of a batch, which on a Redis Cluster must live in one slot.
 HASH_TAG = "{spoa-rl}"
 
 
@@ -48,17 +53,32 @@ class Verdict:
 
 
 UNLIMITED = Verdict(True)
+Answer = Callable[[Verdict], None]
 
 
-# One queued script call: its keys, its arguments, where its answer goes.
-_Call = tuple[list[str], str, "asyncio.Future[list[int]]"]
+class _Call:
+    """One queued request: its limits, who to answer, until when to bother."""
 
-# At most this many pipelines wait on Redis at once, each of at most
-# MAX_BATCH calls. Under a burst the calls that arrive meanwhile queue and
-# leave together when a pipeline returns: the agent holds a few Redis
-# connections and makes few large reads, instead of one connection and one
-# small read per turn of the event loop, which under overload starved the
-# loop until reads timed out.
+    __slots__ = ("answer", "args", "deadline", "limits", "now", "waiter")
+
+    def __init__(self, limits: Sequence[Limit], answer: Answer, now: float,
+                 deadline: float, waiter: asyncio.Future[Verdict] | None = None) -> None:
+        self.limits = limits
+        self.answer = answer
+        self.now = now
+        self.deadline = deadline
+        self.waiter = waiter  # check()'s: once cancelled, nobody waits any more
+        self.args = " ".join([limit.rate.batch_args for limit in limits])
+
+    def gave_up(self, now: float) -> bool:
+        return self.deadline <= now or (self.waiter is not None and self.waiter.done())
+
+
+# At most this many script calls wait on Redis at once, each for at most
+# MAX_BATCH requests. Under a burst the requests that arrive meanwhile queue
+# and leave together when a call returns: a few Redis connections and a few
+# large calls, instead of one small call per request, which under overload
+# starved the loop until reads timed out.
 MAX_PIPELINES = 4
 MAX_BATCH = 512
 
@@ -78,18 +98,23 @@ class RateLimiter:
         breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.monotonic,
         cache_size: int = 100_000,
+        give_up_after: float = math.inf,
     ) -> None:
         self.client = client
         self.log = log
         self.breaker = breaker or CircuitBreaker()
         self.clock = clock
+        # A request queued longer than this (the handler's deadline) is
+        # neither sent nor charged: HAProxy has stopped waiting for it.
+        self.give_up_after = give_up_after
         self._sha = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
         self._queue: list[_Call] = []
         self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
         # limit key -> (refused until, on our monotonic clock); bounded.
         self.refusing: TtlLru[str, float] = TtlLru(cache_size, max_age=86400.0)
-        self.calls = 0
+        self.calls = 0  # requests sent to Redis
+        self.script_calls = 0  # batches, one script call each
 
     async def load(self) -> bool:
         """Load the script into Redis ahead of the first request (False if Redis is away)."""
@@ -101,7 +126,7 @@ class RateLimiter:
         return True
 
     def quick(self, limits: Sequence[Limit]) -> Verdict | None:
-        """A verdict reached without Redis, or None: then await check()."""
+        """A verdict reached without Redis, or None: then submit() or check()."""
         if not limits:
             return UNLIMITED
         now = self.clock()
@@ -114,33 +139,42 @@ class RateLimiter:
             return self._without_redis(limits)
         return None
 
-    async def check(self, limits: Sequence[Limit]) -> Verdict:
-        """One script call for all limits; call quick() first.
+    def submit(self, limits: Sequence[Limit], answer: Answer) -> None:
+        """Check `limits` in Redis with the other requests of this turn;
+        answer(verdict) is called once, from the batch's callback. Call
+        quick() first."""
+        self._enqueue(limits, answer)
 
-        Calls made in the same turn of the event loop, or while every
-        pipeline is busy, leave together in one pipeline (one write, one
-        read): a request still costs one script call, and a burst costs one
-        round trip instead of one each.
-        """
+    def _enqueue(self, limits: Sequence[Limit], answer: Answer,
+                 waiter: asyncio.Future[Verdict] | None = None) -> None:
         now = self.clock()
-        args = " ".join([limit.rate.script_args for limit in limits])
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
-        self._queue.append(([limit.key for limit in limits], args, future))
+        self._queue.append(_Call(limits, answer, now, now + self.give_up_after, waiter))
         if not self._flush_scheduled and len(self._sending) < MAX_PIPELINES:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        try:
-            result = await future
-        except (redis.RedisError, OSError, TimeoutError):
-            return self._without_redis(limits)  # logged once per batch by _send
-        return self._verdict(limits, result, now)
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def check(self, limits: Sequence[Limit]) -> Verdict:
+        """submit() as a coroutine (tests, `spoa-agent check`). A caller that
+        stops waiting before the batch leaves is neither sent nor charged."""
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+
+        def answer(verdict: Verdict) -> None:
+            if not future.done():
+                future.set_result(verdict)
+
+        self._enqueue(limits, answer, future)
+        return await future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        # A request that gave up while queued (its handler timed out) is
-        # neither sent nor charged.
-        self._queue = [call for call in self._queue if not call[2].done()]
+        now = self.clock()
+        queue, self._queue = self._queue, []
+        for call in queue:
+            if call.gave_up(now):
+                # Gave up while queued: not sent, not charged.
+                call.answer(self._without_redis(call.limits))
+            else:
+                self._queue.append(call)
         while self._queue and len(self._sending) < MAX_PIPELINES:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             task = asyncio.get_running_loop().create_task(self._send(batch))
@@ -149,55 +183,39 @@ class RateLimiter:
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
-        self._flush()  # what queued while every pipeline was busy
+        self._flush()  # what queued while every call was busy
 
-    async def _send(self, batch: list[_Call], reloaded: bool = False) -> None:
+    async def _send(self, batch: list[_Call]) -> None:
         self.calls += len(batch)
-        RATELIMIT_CALLS.inc(len(batch))
+        self.script_calls += 1
+        RATELIMIT_CALLS.inc()
+        keys = [limit.key for call in batch for limit in call.limits]
+        args = " ".join([f"{len(call.limits)} {call.args}" for call in batch])
         try:
             # The client's socket timeouts bound Redis itself (connect, each
             # read); waiting for a pooled connection is not counted against it.
-            results = await self._evalsha_all(batch)
+            try:
+                reply = await self.client.evalsha(self._sha, len(keys), *keys, args)
+            except NoScriptError:  # Redis restarted empty
+                await self.client.script_load(GCRA_SCRIPT)
+                reply = await self.client.evalsha(self._sha, len(keys), *keys, args)
+            numbers = [int(x) for x in reply.split()]
         except Exception as err:  # every waiting request must get its answer
             self.breaker.failure(self.clock())
             metrics.REDIS_ERRORS.labels("ratelimit").inc()
             metrics.BREAKER_OPEN.set(self.breaker.state == "open")
             self.log.warning("ratelimit_redis_error", error=str(err) or type(err).__name__,
                              breaker=self.breaker.state, requests=len(batch))
-            failure = err if isinstance(err, redis.RedisError) else redis.RedisError(str(err))
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(failure)
+            for call in batch:
+                call.answer(self._without_redis(call.limits))
             return
-        if any(isinstance(r, redis.ConnectionError | redis.TimeoutError | OSError)
-               for r in results):
-            self.breaker.failure(self.clock())  # per call errors (Cluster)
-            metrics.REDIS_ERRORS.labels("ratelimit").inc()
-        else:
-            self.breaker.success()
-        metrics.BREAKER_OPEN.set(self.breaker.state == "open")
-        missing = [call for call, result in zip(batch, results, strict=True)
-                   if isinstance(result, NoScriptError)]
-        if missing and not reloaded and await self.load():  # Redis restarted empty
-            await self._send(missing, reloaded=True)
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result([int(x) for x in result.split()])
-
-    async def _evalsha_all(self, batch: list[_Call]) -> list[Any]:
-        if isinstance(self.client, redis.asyncio.RedisCluster):
-            # redis-py refuses EVALSHA in a Cluster pipeline: one call each.
-            return list(await asyncio.gather(
-                *(self.client.evalsha(self._sha, len(keys), *keys, args)
-                  for keys, args, _ in batch), return_exceptions=True))
-        pipe = self.client.pipeline(transaction=False)
-        for keys, args, _ in batch:
-            pipe.evalsha(self._sha, len(keys), *keys, args)
-        return list(await pipe.execute(raise_on_error=False))
+        self.breaker.success()
+        metrics.BREAKER_OPEN.set(False)
+        at = 0
+        for call in batch:
+            size = 1 + 3 * len(call.limits)
+            call.answer(self._verdict(call.limits, numbers[at:at + size], call.now))
+            at += size
 
     def _verdict(self, limits: Sequence[Limit], result: list[int], now: float) -> Verdict:
         admitted = result[0] == 1

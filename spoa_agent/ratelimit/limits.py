@@ -28,14 +28,14 @@ class Rate:
     # Derived once here, not per request: the limiter sends them on every call.
     interval_us: int = field(init=False, compare=False, repr=False)
     tolerance_us: int = field(init=False, compare=False, repr=False)
-    script_args: str = field(init=False, compare=False, repr=False)  # gcra.lua's pair
+    batch_args: str = field(init=False, compare=False, repr=False)  # gcra_batch.lua's pair
 
     def __post_init__(self) -> None:
         interval = max(1, round(self.period * 1_000_000 / self.count))
         tolerance = interval * self.burst
         object.__setattr__(self, "interval_us", interval)
         object.__setattr__(self, "tolerance_us", tolerance)
-        object.__setattr__(self, "script_args", f"{interval} {tolerance}")
+        object.__setattr__(self, "batch_args", f"{interval} {tolerance}")
 
     def policy(self) -> str:
         """The IETF RateLimit-Policy parameters: quota and window in seconds."""

@@ -189,3 +189,25 @@ def test_redis_down_open_and_closed_then_back(redis_gw: Gateway) -> None:
             await asyncio.sleep(0.05)
 
     run(body)
+
+
+def test_one_turns_requests_are_one_script_call_in_order_each_all_or_nothing(
+        redis_gw: Gateway) -> None:
+    async def body() -> None:
+        rl = limiter(redis_gw.redis_url)
+        shared, tight = limit("4/m", name="shared"), limit("2/m", "global", "tight")
+        # In arrival order: the tight pair refuses its third request, which is
+        # then charged nothing on `shared`, so the plain requests after it
+        # still find room there.
+        plans = [[shared, tight], [shared, tight], [shared, tight], [shared], [shared],
+                 [shared]]
+        answers: list[Verdict] = []
+        for limits in plans:
+            rl.submit(limits, answers.append)  # one turn: nothing awaited in between
+        while len(answers) < len(plans):
+            await asyncio.sleep(0.01)
+        assert [v.admitted for v in answers] == [True, True, False, True, True, False]
+        assert (rl.calls, rl.script_calls) == (6, 1)
+        assert answers[2].status == 429 and answers[2].limit == tight
+
+    run(body)

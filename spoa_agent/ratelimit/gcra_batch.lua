@@ -1,0 +1,53 @@
+-- GCRA for a batch of requests in one call, in order, each all-or-nothing:
+-- a request whose limits all admit is charged on all of them, else refused
+-- and charged nothing; a later request sees what earlier ones were charged.
+-- KEYS: every request's limit keys, request after request (one hash tag:
+--   one Cluster slot).
+-- ARGV[1]: per request "n interval1 tolerance1 ... intervaln tolerancen",
+--   microseconds, all separated by spaces.
+-- Time comes from Redis, once per batch, so agents with skewed clocks agree.
+-- Returns one string of integers: per request "admitted", then per limit
+-- "remaining reset_us retry_us". Each key is written once, at the end.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local args = {}
+for n in string.gmatch(ARGV[1], '%d+') do args[#args + 1] = tonumber(n) end
+local tat_of, dirty, out = {}, {}, {}
+local k, a = 1, 1
+while a <= #args do
+  local n = args[a]
+  local first = k
+  local admitted = 1
+  for i = 0, n - 1 do
+    local key = KEYS[first + i]
+    local tat = tat_of[key]
+    if tat == nil then
+      tat = tonumber(redis.call('GET', key) or now)
+      tat_of[key] = tat
+    end
+    if tat < now then tat = now end
+    if tat + args[a + 1 + 2 * i] - now > args[a + 2 + 2 * i] then admitted = 0 end
+  end
+  out[#out + 1] = admitted
+  for i = 0, n - 1 do
+    local key, interval, tolerance = KEYS[first + i], args[a + 1 + 2 * i], args[a + 2 + 2 * i]
+    local tat = math.max(tat_of[key], now)
+    local retry = math.max(0, tat + interval - now - tolerance)
+    if admitted == 1 then
+      tat = tat + interval
+      tat_of[key] = tat
+      dirty[key] = true
+    end
+    out[#out + 1] = math.max(0, math.floor((tolerance - (tat - now)) / interval))
+    out[#out + 1] = tat - now
+    out[#out + 1] = retry
+  end
+  k = first + n
+  a = a + 1 + 2 * n
+end
+for key in pairs(dirty) do
+  local tat = tat_of[key]
+  redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
+end
+for i = 1, #out do out[i] = string.format('%.0f', out[i]) end
+return table.concat(out, ' ')
