@@ -15,13 +15,14 @@ in, and WRITE_HIGH plus one turn's and the in-flight NOTIFYs' ACKs out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from spoa_agent import metrics
 from spoa_agent.config import ServerConfig
-from spoa_agent.server.agent import Actions, Agent
+from spoa_agent.server.agent import Actions, Agent, Later
 from spoa_agent.spop import (
     CLOSED,
     NEED_DATA,
@@ -57,6 +58,19 @@ _IN_FLIGHT = 1  # max_in_flight of its NOTIFYs are being handled
 _WRITE_FULL = 2  # its peer is not reading: our write buffer is over WRITE_HIGH
 
 
+class _Waiting:
+    """A NOTIFY whose handlers answer Later: what is answered so far."""
+
+    __slots__ = ("actions", "notify", "remaining", "started")
+
+    def __init__(self, notify: Notify, actions: list[Action], remaining: int,
+                 started: float) -> None:
+        self.notify = notify
+        self.actions = actions
+        self.remaining = remaining
+        self.started = started
+
+
 class SpopProtocol(asyncio.Protocol):
     def __init__(
         self,
@@ -72,6 +86,10 @@ class SpopProtocol(asyncio.Protocol):
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        # NOTIFYs answered Later, oldest first (a dict as an ordered set), and
+        # the one timer that answers those past handler_timeout.
+        self._waiting: dict[_Waiting, None] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._deadlines: dict[asyncio.Task[None], asyncio.TimerHandle] = {}
         self._expired: set[asyncio.Task[None]] = set()  # cancelled by their deadline
         self._stalled = 0  # _IN_FLIGHT | _WRITE_FULL
@@ -130,6 +148,11 @@ class SpopProtocol(asyncio.Protocol):
             self._hello_timer.cancel()
         for task in self.tasks:
             task.cancel()  # their ACKs have nowhere to go
+        if self._waiting:
+            metrics.IN_FLIGHT.dec(len(self._waiting))
+            self._waiting.clear()  # their answers will find nothing to fill
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if not self.drained.done():
             self.drained.set_result(None)
         self.log.debug("spop_closed", error=str(exc) if exc else None)
@@ -162,7 +185,7 @@ class SpopProtocol(asyncio.Protocol):
                 NOTIFY_FRAMES.inc()
                 budget -= len(event.messages) or 1
                 self._on_notify(event)
-                if len(self.tasks) >= self.settings.max_in_flight:
+                if self.in_flight >= self.settings.max_in_flight:
                     self._stall(_IN_FLIGHT)
             elif event is NEED_DATA:
                 if self._backlog:
@@ -189,9 +212,15 @@ class SpopProtocol(asyncio.Protocol):
         if hello.healthcheck:
             self.close()
 
+    @property
+    def in_flight(self) -> int:
+        """NOTIFYs received and not answered yet."""
+        return len(self.tasks) + len(self._waiting)
+
     def _on_notify(self, notify: Notify) -> None:
         actions: list[Action] = []
         pending: list[Awaitable[Actions]] = []
+        later: list[Later] = []
         for message in notify.messages:
             handler = self.agent.handlers.get(message.name)
             if handler is None:
@@ -204,9 +233,16 @@ class SpopProtocol(asyncio.Protocol):
                 continue
             if isinstance(result, list | tuple):
                 actions.extend(result)
+            elif type(result) is Later:
+                later.append(result)
             else:
                 pending.append(cast(Awaitable[Actions], result))
-        if not pending:
+        if pending:
+            pending.extend(_awaitable(each) for each in later)  # a mix: rare
+        elif later:
+            self._wait_for(notify, actions, later)
+            return
+        else:
             self._send_ack(notify, actions)
             return
         loop = asyncio.get_running_loop()
@@ -219,6 +255,48 @@ class SpopProtocol(asyncio.Protocol):
         # asyncio.timeout() block per request.
         self._deadlines[task] = loop.call_later(self.settings.handler_timeout,
                                                 self._expire, task)
+
+    def _wait_for(self, notify: Notify, actions: list[Action], later: list[Later]) -> None:
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(notify, actions, len(later), loop.time())
+        self._waiting[waiting] = None
+        metrics.IN_FLIGHT.inc()
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(waiting.started + self.settings.handler_timeout,
+                                         self._sweep)
+        answered = functools.partial(self._answered, waiting)
+        for each in later:
+            each.then(answered)
+
+    def _answered(self, waiting: _Waiting, actions: Actions) -> None:
+        if waiting not in self._waiting:
+            return  # answered already by the sweeper, or the connection is gone
+        waiting.actions.extend(actions)
+        waiting.remaining -= 1
+        if waiting.remaining == 0:
+            self._done_waiting(waiting)
+
+    def _done_waiting(self, waiting: _Waiting) -> None:
+        del self._waiting[waiting]
+        metrics.IN_FLIGHT.dec()
+        self._send_ack(waiting.notify, waiting.actions)
+        self._settled()
+
+    def _sweep(self) -> None:
+        """Answer the NOTIFYs older than handler_timeout with what they have
+        (an empty ACK: HAProxy answers 503), as the deadline of a Task does.
+        One timer per connection, not one per request."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        expiry = loop.time() - self.settings.handler_timeout
+        for waiting in list(self._waiting):
+            if waiting.started > expiry:
+                self._sweeper = loop.call_at(waiting.started + self.settings.handler_timeout,
+                                             self._sweep)
+                return
+            self.log.error("handler_timeout", stream=waiting.notify.stream_id)
+            waiting.actions.clear()
+            self._done_waiting(waiting)
 
     def _expire(self, task: asyncio.Task[None]) -> None:
         self._expired.add(task)
@@ -249,9 +327,13 @@ class SpopProtocol(asyncio.Protocol):
         self._expired.discard(task)
         self.tasks.discard(task)
         metrics.IN_FLIGHT.dec()
-        if self._stalled & _IN_FLIGHT and len(self.tasks) < self.settings.max_in_flight:
+        self._settled()
+
+    def _settled(self) -> None:
+        """One NOTIFY fewer in flight."""
+        if self._stalled & _IN_FLIGHT and self.in_flight < self.settings.max_in_flight:
             self._unstall(_IN_FLIGHT)
-        if self._draining and not self.tasks:
+        if self._draining and not self.in_flight:
             self._disconnect(Status.NORMAL, "agent shutting down")
 
     def _send_ack(self, notify: Notify, actions: list[Action]) -> None:
@@ -314,7 +396,7 @@ class SpopProtocol(asyncio.Protocol):
     def drain(self) -> None:
         """Finish what is in flight, then say goodbye (SIGTERM)."""
         self._draining = True
-        if not self.tasks:
+        if not self.in_flight:
             self._disconnect(Status.NORMAL, "agent shutting down")
 
     def _hello_timed_out(self) -> None:
@@ -357,3 +439,15 @@ class SpopProtocol(asyncio.Protocol):
             self.transport.abort()
         else:
             self.transport.close()
+
+
+async def _awaitable(later: Later) -> Actions:
+    """A Later as an awaitable, for a NOTIFY that also awaits something."""
+    future: asyncio.Future[Actions] = asyncio.get_running_loop().create_future()
+
+    def answer(actions: Actions) -> None:
+        if not future.done():  # the NOTIFY's deadline may have cancelled it
+            future.set_result(actions)
+
+    later.then(answer)
+    return await future

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from spoa_agent.config import Listen, ServerConfig
 from spoa_agent.demo.stack import free_port
-from spoa_agent.server import Actions, Agent, serve
+from spoa_agent.server import Actions, Agent, Later, serve
 from spoa_agent.spop import Ack, Message, Notify, SetVar, decode_frame, encode_frame
 from tests.peer import HELLO
 
@@ -153,3 +153,66 @@ def test_reply_too_big_for_the_frame_becomes_an_empty_ack() -> None:
         assert await read_frame(reader) == Ack(3, 1, ())
 
     run_with_agent(agent, body)
+
+
+def test_later_answers_many_notifies_from_one_callback_with_no_task_each() -> None:
+    agent = Agent()
+    queued: list[tuple[Later, str]] = []
+
+    def batched(message: Message) -> Later:
+        # As the limiter does: queue, and answer the whole turn from one callback.
+        later = Later()
+        if not queued:
+            asyncio.get_running_loop().call_soon(answer_all)
+        queued.append((later, str(message.args["n"])))
+        return later
+
+    def answer_all() -> None:
+        batch = queued[:]
+        queued.clear()
+        for later, n in batch:
+            later.answer([SetVar("n", n), SetVar("batch", len(batch))])
+
+    agent.register("m", batched)
+
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks_before = len(asyncio.all_tasks())
+        writer.write(b"".join(notify(i, n=str(i)) for i in range(1, 41)))
+        acks = [await read_frame(reader) for _ in range(40)]
+        assert sorted(ack.stream_id for ack in acks) == list(range(1, 41))  # type: ignore[attr-defined]
+        for ack in acks:
+            got = {action.name: action.value for action in ack.actions}  # type: ignore[attr-defined]
+            assert got["n"] == str(ack.stream_id)  # type: ignore[attr-defined]
+        # Handled in one read, answered in one batch: one callback, no Task each.
+        assert {a.actions[1].value for a in acks} == {40}  # type: ignore[attr-defined]
+        assert len(asyncio.all_tasks()) <= tasks_before
+
+    run_with_agent(agent, body)
+
+
+def test_a_later_never_answered_gets_an_empty_ack_at_the_deadline() -> None:
+    agent = Agent()
+    forgotten: list[Later] = []
+
+    def never(message: Message) -> Later:
+        forgotten.append(Later())
+        return forgotten[-1]
+
+    agent.register("m", never)
+    agent.register("sync", lambda message: [SetVar("ok", True)])
+
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with capture_logs() as logs:
+            started = time.monotonic()
+            writer.write(notify(1) + notify(2, "sync"))
+            first = await read_frame(reader)
+            assert first.stream_id == 2  # type: ignore[attr-defined]
+            late = await read_frame(reader)
+            assert late.stream_id == 1 and late.actions == ()  # type: ignore[attr-defined]
+            assert time.monotonic() - started >= 0.3
+        assert any(entry["event"] == "handler_timeout" for entry in logs)
+        forgotten[0].answer([SetVar("too", "late")])  # nothing left to answer: ignored
+        writer.write(notify(3, "sync"))
+        assert (await read_frame(reader)).stream_id == 3  # type: ignore[attr-defined]
+
+    run_with_agent(agent, body, handler_timeout=0.3)
