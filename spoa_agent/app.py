@@ -183,7 +183,9 @@ class RequestChecker:
     async def _decide_later(self, args: Mapping[str, Value], decision: Decision, token: str,
                             started: int) -> Actions:
         assert self.auth is not None
-        result = self._decide(args, decision, await self.auth.verify_slow(token), started)
+        ip = args.get("ip")  # key checks are shared out fairly per client address
+        result = self._decide(args, decision, await self.auth.verify_slow(
+            token, None if ip is None else str(ip)), started)
         return result if isinstance(result, Sequence) else await result
 
     def _decide(self, args: Mapping[str, Value], decision: Decision,

@@ -54,6 +54,11 @@ class AuthSettings:
     # refused at once (503): small enough that the queue drains well within
     # handler_timeout, and a flood of made-up keys cannot flood Redis either.
     argon2_max_pending: int = 16
+    # Key checks in progress per client address past which a new one from that
+    # address is refused at once (429): one address sending made-up keys cannot
+    # take the whole queue from everyone else. Requests for a key already being
+    # checked join that check and do not count.
+    argon2_per_source: int = 2
     issuers: tuple[IssuerConfig, ...] = ()
 
 
@@ -84,6 +89,7 @@ class _Check:
     """A key check in progress: requests for the same key while it runs share it."""
 
     key_id: str
+    source: str | None
     started: int  # Authenticator._changes when it began, before the Redis read
     future: asyncio.Future[Principal | AuthFailure]
 
@@ -110,6 +116,7 @@ class Authenticator:
         # change of that key), and every check still running, for the limits.
         self._checking: dict[bytes, _Check] = {}
         self._running = 0
+        self._per_source: dict[str, int] = {}
         self._check_limit = settings.argon2_workers + settings.argon2_max_pending
         # Change announcements so far; the count at the last "forget
         # everything"; per key id, the count at its last change (kept only
@@ -159,18 +166,29 @@ class Authenticator:
             CACHE_HIT.inc()
         return failure
 
-    async def verify_slow(self, token: str) -> Principal | AuthFailure:
-        """Redis lookup and argon2id for a well-formed key quick() had no answer for."""
+    async def verify_slow(self, token: str, source: str | None = None) -> Principal | AuthFailure:
+        """Redis lookup and argon2id for a well-formed key quick() had no answer for.
+
+        `source`: the client's address; None for no per-address limit."""
         digest = token_digest(token)
         running = self._checking.get(digest)
         if running is not None:
             return await asyncio.shield(running.future)
         key_id = parse_key(token, self.settings.key_prefix).key_id
+        pending = self._per_source.get(source, 0) if source is not None else 0
+        if pending >= self.settings.argon2_per_source:
+            # The client's own doing (429, counted like any failed credential):
+            # its earlier checks are still running. Not 401 (the key may be
+            # valid) and not 503 (the gateway is not at fault); clients and
+            # SDKs retry a 429 after Retry-After.
+            return AuthFailure(429, "too_many_key_checks", key_id)
         if self._running >= self._check_limit:
             return AuthFailure(503, "auth_overloaded", key_id)
-        check = _Check(key_id, self._changes, asyncio.get_running_loop().create_future())
+        check = _Check(key_id, source, self._changes, asyncio.get_running_loop().create_future())
         self._checking[digest] = check
         self._running += 1
+        if source is not None:
+            self._per_source[source] = pending + 1
         try:
             result = await self._check(token, digest, check)
             check.future.set_result(result)
@@ -188,6 +206,12 @@ class Authenticator:
         self._running -= 1
         if not self._running:
             self._changed_at.clear()
+        if check.source is not None:
+            left = self._per_source[check.source] - 1
+            if left:
+                self._per_source[check.source] = left
+            else:
+                del self._per_source[check.source]
 
     def _current(self, check: _Check) -> bool:
         """No change of the key, and no "forget everything", since the check began."""
