@@ -1,8 +1,12 @@
-"""The agent as HAProxy uses it: the `check-request` SPOE message and its answer.
+"""The agent as HAProxy uses it: the `check-request` SPOE message, decided.
 
-This is where the server meets auth and policy: read the message's
-arguments, authenticate, ask the policy, turn the Decision into variables,
-log what was refused. The hot path (a cached key) answers without awaiting.
+One pipeline per request: the message parsed once into a CheckRequest, the
+caller authenticated (cached key or JWT at once; argon2id off the loop for a
+key not seen yet), the route and the access rules decided (pure, policy/),
+the limits planned (pure, ratelimit/) and checked in Redis with every other
+request of the loop turn in one script call, and the Outcome rendered once
+into SPOP variables, logged and counted. A request that needs only Redis is
+answered Later, from the batch's callback: no Task or timer of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 import functools
 import ipaddress
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,126 +24,53 @@ import structlog
 
 from spoa_agent import metrics
 from spoa_agent.auth import Authenticator, AuthFailure, Principal, VerifierPool
-from spoa_agent.auth.authenticator import MAX_CREDENTIAL
 from spoa_agent.auth.hashing import SecretHasher
 from spoa_agent.auth.jwt import JwtConfigError, JwtVerifier
 from spoa_agent.config import Config, ConfigError, load_config
+from spoa_agent.outcome import Outcome, Stage, render
 from spoa_agent.policy import Decision, RouteTable
-from spoa_agent.policy.body import BodyFacts, BodyProblem, model_of
-from spoa_agent.ratelimit.limiter import UNLIMITED, RateLimiter, Verdict, limit_key
-from spoa_agent.ratelimit.limits import Limit, parse_rate
-from spoa_agent.server import Actions, Agent, Handler
+from spoa_agent.policy.access import check_access
+from spoa_agent.policy.routes import refuse
+from spoa_agent.ratelimit.limiter import RateLimiter, Verdict
+from spoa_agent.ratelimit.limits import Limit
+from spoa_agent.ratelimit.plan import plan_limits
+from spoa_agent.reasons import Reason
+from spoa_agent.request import CheckRequest
+from spoa_agent.server import Actions, Agent, Later
 from spoa_agent.server.workers import worker_index
-from spoa_agent.spop import Action, Message, SetVar, Value
+from spoa_agent.spop import Message, Value
 from spoa_agent.store.redis import async_client, close, redacted, subscriber_client, warm_up
 from spoa_agent.store.tokens import KeyLookup, follow_changes
 
 CHECK_REQUEST = "check-request"
-# Log actions of refusals: the client's doing (fail2ban's filter counts
-# some) -> the same refusal when the gateway caused it (a 5xx), never counted.
-GATEWAY_TROUBLE = {"auth_failed": "auth_unavailable", "policy_denied": "policy_unavailable",
-                   "rate_limited": "ratelimit_unavailable"}
-
-
-@functools.lru_cache(maxsize=1024)
-def decision_vars(decision: Decision) -> tuple[Action, ...]:
-    """Variables under txn.<var-prefix>.* that haproxy.cfg decides on.
-
-    Cached: a decision is one of few (rule, outcome) pairs, and its variables
-    are immutable, so each is built once.
-    """
-    return (
-        SetVar("decision", "allow" if decision.allowed else "deny"),
-        SetVar("status", decision.status),
-        SetVar("reason", decision.reason),
-        SetVar("rule", decision.rule),
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def principal_vars(principal: Principal) -> tuple[Action, ...]:
-    """Who asked: haproxy.cfg passes `principal` upstream as X-Spoa-Principal."""
-    return (SetVar("principal", principal.name), SetVar("principal_id", principal.id))
-
-
-def _text(args: Mapping[str, Value], key: str) -> str:
-    value = args.get(key)
-    return value if isinstance(value, str) else ""
-
-
-def credential(args: Mapping[str, Value]) -> str | AuthFailure:
-    """The token from `Authorization: Bearer` or `x-api-key`, or why there is none."""
-    authorization = _header(args, "authorization")
-    api_key = _header(args, "api_key")
-    raw = authorization if authorization is not None else api_key
-    if raw is None:
-        return AuthFailure(401, "missing_credential")
-    if len(raw) > MAX_CREDENTIAL:  # HAProxy cut it at MAX_CREDENTIAL + 1
-        return AuthFailure(401, "oversized_credential")
-    token = raw.strip()
-    if authorization is not None:
-        scheme, _, token = token.partition(" ")
-        if scheme.lower() != "bearer":
-            return AuthFailure(401, "malformed_credential")
-    return token.strip() or AuthFailure(401, "malformed_credential")
-
-
-def _header(args: Mapping[str, Value], key: str) -> str | None:
-    # HAProxy sends NULL for a header the request does not have, and BINARY
-    # once the `bytes()` converter has cut it (spoe-agent.conf).
-    value = args.get(key)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    return value if isinstance(value, str) else None
-
-
-def body_facts(args: Mapping[str, Value]) -> BodyFacts:
-    """The request body and its framing, as HAProxy sent them."""
-    body = args.get("body")
-    return BodyFacts(_text(args, "method"), _header(args, "content_length"),
-                     _header(args, "transfer_encoding"), _header(args, "content_encoding"),
-                     body if isinstance(body, bytes) else b"")
-
-
-def _refused(problem: BodyProblem, decision: Decision) -> Decision:
-    return Decision(False, problem.status, problem.reason, decision.rule)
+# The log action of a refusal, by the step that refused: the client's doing
+# (fail2ban's filter counts some)...
+CLIENT_ACTIONS: dict[Stage, str] = {"auth": "auth_failed", "policy": "policy_denied",
+                                    "limit": "rate_limited"}
+# ...and the same refusal when the gateway caused it (a 5xx), never counted.
+GATEWAY_ACTIONS: dict[Stage, str] = {"auth": "auth_unavailable",
+                                     "policy": "policy_unavailable",
+                                     "limit": "ratelimit_unavailable"}
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
-    ip: Value
-    method: str
-    host: str
-    path: str
-    user_agent: str
+class _KeyCheck:
+    """Next: the key's Redis lookup and argon2id check (quick() had no answer)."""
 
-    @classmethod
-    def from_args(cls, args: Mapping[str, Value]) -> Request:
-        return cls(args.get("ip"), _text(args, "method"), _text(args, "host"),
-                   _text(args, "path"), _text(args, "user_agent"))
+    decision: Decision
+    token: str
 
 
-def ratelimit_vars(verdict: Verdict) -> tuple[Action, ...]:
-    """What the client is told about its limit (haproxy.cfg turns it into headers)."""
-    if verdict.limit is None:
-        return ()
-    rate = verdict.limit.rate
-    out: tuple[Action, ...] = (
-        SetVar("rl_scope", verdict.limit.scope), SetVar("rl_limit", rate.count),
-        SetVar("rl_window", round(rate.period)), SetVar("rl_remaining", verdict.remaining),
-        SetVar("rl_reset", verdict.reset),
-    )
-    if verdict.retry_after:
-        out += (SetVar("retry_after", verdict.retry_after),)
-    return out
+@dataclass(frozen=True, slots=True)
+class _LimitCheck:
+    """Next: these limits, in Redis (the over-limit cache had no answer)."""
+
+    decision: Decision
+    principal: Principal | None
+    limits: list[Limit]
 
 
-_cached_rate = functools.lru_cache(maxsize=1024)(parse_rate)
-
-
-def _who(principal: Principal | None) -> dict[str, str]:
-    """The log fields naming the caller, once authenticated."""
-    return {"key_id": principal.id, "principal": principal.name} if principal else {}
+Step = Outcome | _KeyCheck | _LimitCheck
 
 
 class RequestChecker:
@@ -162,159 +93,127 @@ class RequestChecker:
         if self.auth is not None:
             self.auth.jwt = jwt
 
-    def __call__(self, message: Message) -> Actions | Awaitable[Actions]:
-        args = message.args
-        started = time.perf_counter_ns()  # the agent's latency, in log lines
-        decision = self.routes.decide(_text(args, "method"), _text(args, "path"),
-                                      _text(args, "host"))
+    # --- the handler HAProxy's messages reach --------------------------------
+
+    def __call__(self, message: Message) -> Actions | Later | Awaitable[Actions]:
+        started = time.perf_counter_ns()  # the agent's own time, in logs and metrics
+        request = CheckRequest.from_args(message.args)
+        step = self.decide(request)
+        if type(step) is Outcome:
+            return self.finish(step, request, started)
+        if type(step) is _LimitCheck and self.limiter is not None:
+            later = Later()
+            self.limiter.submit(step.limits, functools.partial(
+                self._limits_answered, later, step, request, started))
+            return later
+        return self._finish_later(request, step, started)
+
+    def _limits_answered(self, later: Later, step: _LimitCheck, request: CheckRequest,
+                         started: int, verdict: Verdict) -> None:
+        later.answer(self.finish(self.limited(step, verdict), request, started))
+
+    async def _finish_later(self, request: CheckRequest, step: Step, started: int) -> Actions:
+        return self.finish(await self.resolve(request, step), request, started)
+
+    # --- the pipeline ----------------------------------------------------------
+
+    async def evaluate(self, request: CheckRequest) -> Outcome:
+        """The whole pipeline, awaited (`spoa-agent check`)."""
+        return await self.resolve(request, self.decide(request))
+
+    async def resolve(self, request: CheckRequest, step: Step) -> Outcome:
+        """The steps that wait on I/O, awaited one after the other."""
+        if type(step) is _KeyCheck:
+            assert self.auth is not None
+            # Key checks are shared out fairly per client address.
+            found = await self.auth.verify_slow(step.token, request.ip or None)
+            step = self.after_auth(request, step.decision, found)
+        if type(step) is _LimitCheck:
+            assert self.limiter is not None
+            step = self.limited(step, await self.limiter.check(step.limits))
+        assert type(step) is Outcome
+        return step
+
+    def decide(self, request: CheckRequest) -> Step:
+        """As far as the request goes without waiting: an Outcome, or the next
+        step that waits on Redis (a key lookup, or limits)."""
+        decision = self.routes.decide(request.method, request.path, request.host)
         if self.auth is None or (decision.route is not None and decision.route.public):
             # No keys here, or the upstream does its own login (its own
             # Authorization header must reach it untouched).
-            return self._decide(args, decision, None, started)
-        token = credential(args)
-        if type(token) is AuthFailure:
-            return self._decide(args, decision, token, started)
+            return self.after_auth(request, decision, None)
+        token = request.credential
+        if type(token) is Reason:
+            return Outcome(refuse(token), "auth")
         assert isinstance(token, str)
-        result = self.auth.quick(token)
-        if result is None:
-            return self._decide_later(args, decision, token, started)
-        return self._decide(args, decision, result, started)
+        found = self.auth.quick(token)
+        if found is None:
+            return _KeyCheck(decision, token)
+        return self.after_auth(request, decision, found)
 
-    async def _decide_later(self, args: Mapping[str, Value], decision: Decision, token: str,
-                            started: int) -> Actions:
-        assert self.auth is not None
-        ip = args.get("ip")  # key checks are shared out fairly per client address
-        result = self._decide(args, decision, await self.auth.verify_slow(
-            token, None if ip is None else str(ip)), started)
-        return result if isinstance(result, Sequence) else await result
-
-    def _decide(self, args: Mapping[str, Value], decision: Decision,
-                auth: Principal | AuthFailure | None,
-                started: int) -> Actions | Awaitable[Actions]:
+    def after_auth(self, request: CheckRequest, decision: Decision,
+                   auth: Principal | AuthFailure | None) -> Outcome | _LimitCheck:
         if type(auth) is AuthFailure:
-            self._log_denial("auth_failed", args, started, auth.status, auth.reason,
-                             key_id=auth.key_id)
-            return decision_vars(Decision(False, auth.status, auth.reason))
+            return Outcome(refuse(auth.reason), "auth", key_id=auth.key_id)
         principal = auth if type(auth) is Principal else None
-        detail = ""
         if decision.allowed:
-            decision, detail = self._route_checks(args, decision, principal)
+            decision = check_access(decision, principal, request.body)
         if not decision.allowed:
-            self._log_denial("policy_denied", args, started, decision.status, decision.reason,
-                             rule=decision.rule, detail=detail,
-                             **_who(principal))
-            out = decision_vars(decision)
-            return (*out, SetVar("detail", detail)) if detail else out
-        if self.limiter is not None:
-            limits = self._limits_for(args, decision, principal)
-            verdict = self.limiter.quick(limits)
-            if verdict is None:
-                return self._limit_later(args, decision, principal, limits, started)
-            return self._answer(args, decision, principal, verdict, started)
-        return self._answer(args, decision, principal, UNLIMITED, started)
+            return Outcome(decision, "policy", principal)
+        if self.limiter is None:
+            return Outcome(decision, "allowed", principal,
+                           max_in_flight=self._in_flight_for(principal))
+        limits = plan_limits(self.limits, principal, request.ip, decision)
+        verdict = self.limiter.quick(limits)
+        if verdict is None:
+            return _LimitCheck(decision, principal, limits)
+        return self.limited(_LimitCheck(decision, principal, limits), verdict)
 
-    def _route_checks(self, args: Mapping[str, Value], decision: Decision,
-                      principal: Principal | None) -> tuple[Decision, str]:
-        """What the matched route and the key ask beyond the path: the key's
-        own routes, scopes, the body size, the model. (Decision, detail)."""
-        route = decision.route
-        assert route is not None
-        check_model = bool(principal is not None and principal.models and route.model_in_body)
-        body: BodyFacts | None = None
-        if route.max_body is not None or check_model:
-            body = body_facts(args)
-            length = body.length()
-            if isinstance(length, BodyProblem):
-                return _refused(length, decision), ""
-            if route.max_body is not None and length > route.max_body:
-                return Decision(False, 413, "body_too_large", decision.rule), str(route.max_body)
-        if principal is None:
-            return decision, ""
-        if principal.routes and decision.rule not in principal.routes:
-            return Decision(False, 403, "route_not_allowed_for_key", decision.rule), ""
-        missing = route.scopes - principal.scopes
-        if missing:
-            return (Decision(False, 403, "missing_scope", decision.rule),
-                    " ".join(sorted(missing)))
-        if check_model:
-            assert body is not None
-            whole = body.whole()
-            model = whole if isinstance(whole, BodyProblem) else model_of(whole)
-            if isinstance(model, BodyProblem):
-                return _refused(model, decision), ""
-            if model not in principal.models:
-                return Decision(False, 403, "model_not_allowed", decision.rule), model
-        return decision, ""
-
-    async def _limit_later(self, args: Mapping[str, Value], decision: Decision,
-                           principal: Principal | None, limits: list[Limit],
-                           started: int) -> Actions:
-        assert self.limiter is not None
-        return self._answer(args, decision, principal, await self.limiter.check(limits),
-                            started)
-
-    def _limits_for(self, args: Mapping[str, Value], decision: Decision,
-                    principal: Principal | None) -> list[Limit]:
-        """Every limit that applies: per key, per client address, per route, global."""
-        config = self.limits
-        limits = []
-        if principal is not None:
-            if principal.rate:
-                limits.append(Limit("key", limit_key(principal.kind, principal.id),
-                                    _cached_rate(principal.rate), config.on_redis_error))
-            elif config.per_key is not None:
-                limits.append(Limit("key", limit_key(principal.kind, principal.id),
-                                    config.per_key.rate, config.per_key.on_redis_error))
-        ip = args.get("ip")
-        if config.per_ip is not None and ip is not None:
-            limits.append(Limit("ip", limit_key("ip", str(ip)), config.per_ip.rate,
-                                config.per_ip.on_redis_error))
-        if decision.route is not None and decision.route.rate is not None:
-            limits.append(Limit("route", limit_key("route", decision.rule),
-                                decision.route.rate, config.on_redis_error))
-        if config.global_ is not None:
-            limits.append(Limit("global", limit_key("global", "all"), config.global_.rate,
-                                config.global_.on_redis_error))
-        return limits
-
-    def _answer(self, args: Mapping[str, Value], decision: Decision,
-                principal: Principal | None, verdict: Verdict, started: int) -> Actions:
-        if decision.allowed and verdict.admitted and self.log_successes:
-            self._log("info", "request_allowed", args, started, 200, decision.reason,
-                      rule=decision.rule, **_who(principal))
+    def limited(self, step: _LimitCheck, verdict: Verdict) -> Outcome:
+        decision = step.decision
+        stage: Stage = "allowed"
         if not verdict.admitted:
-            decision = Decision(False, verdict.status, verdict.reason, decision.rule)
-            self._log_denial("rate_limited", args, started, verdict.status, verdict.reason,
-                             rule=decision.rule, scope=verdict.limit.scope if verdict.limit else "",
-                             **_who(principal))
-        out = decision_vars(decision)
-        if decision.route is not None and decision.route.public:
-            out += (SetVar("own_login", True),)  # haproxy.cfg keeps the credentials
-        if principal is not None:
-            out += principal_vars(principal)
-            in_flight = principal.max_in_flight or self.limits.per_key_in_flight
-            if in_flight:
-                out += (SetVar("max_in_flight", in_flight),)
-        return out + ratelimit_vars(verdict) if verdict.limit is not None else out
+            assert verdict.reason is not None
+            decision, stage = refuse(verdict.reason, decision.rule), "limit"
+        return Outcome(decision, stage, step.principal, verdict=verdict,
+                       max_in_flight=self._in_flight_for(step.principal))
 
-    def _log_denial(self, action: str, args: Mapping[str, Value], started: int, status: int,
-                    reason: str, **extra: str) -> None:
-        """One line per refusal, under `action`, the client's doing; a 5xx is
-        the gateway's own trouble (Redis down, key checks saturated) and goes
-        under the action's *_unavailable twin, which fail2ban never counts."""
-        if status >= 500:
-            self._log("error", GATEWAY_TROUBLE[action], args, started, status, reason, **extra)
-        else:
-            self._log("warning", action, args, started, status, reason, **extra)
+    def _in_flight_for(self, principal: Principal | None) -> int:
+        if principal is None:
+            return 0
+        return principal.max_in_flight or self.limits.per_key_in_flight
 
-    def _log(self, level: str, action: str, args: Mapping[str, Value], started: int,
-             status: int, reason: str, **extra: str) -> None:
+    # --- the answer --------------------------------------------------------------
+
+    def finish(self, outcome: Outcome, request: CheckRequest, started: int) -> Actions:
+        """Log and count the outcome, then render it for HAProxy."""
+        decision = outcome.decision
+        elapsed = time.perf_counter_ns() - started
+        metrics.count_decision("allow" if decision.allowed else "deny", str(decision.reason),
+                               elapsed / 1e9)
+        if not decision.allowed:
+            reason = decision.reason
+            if isinstance(reason, Reason) and reason.gateway_fault:
+                self._log("error", GATEWAY_ACTIONS[outcome.stage], outcome, request, elapsed)
+            else:
+                self._log("warning", CLIENT_ACTIONS[outcome.stage], outcome, request, elapsed)
+        elif self.log_successes:
+            self._log("info", "request_allowed", outcome, request, elapsed)
+        return render(outcome)
+
+    def _log(self, level: str, action: str, outcome: Outcome, request: CheckRequest,
+             elapsed: int) -> None:
         """One canonical line for a request (see logging.py for the key order)."""
-        request = Request.from_args(args)  # only logged requests pay for it
+        decision, principal = outcome.decision, outcome.principal
+        extra = {"rule": decision.rule, "detail": decision.detail,
+                 "scope": outcome.verdict.limit.scope
+                 if outcome.stage == "limit" and outcome.verdict.limit else "",
+                 "key_id": principal.id if principal else outcome.key_id,
+                 "principal": principal.name if principal else ""}
         getattr(self.log, level)(
-            action, ip=request.ip, reason=reason, method=request.method, host=request.host,
-            path=request.path, user_agent=request.user_agent, status=status,
-            duration=time.perf_counter_ns() - started,
+            action, ip=request.ip, reason=str(decision.reason), method=request.method,
+            host=request.host, path=request.path, user_agent=request.user_agent,
+            status=decision.status, duration=elapsed,
             **{key: value for key, value in extra.items() if value},
         )
 
@@ -327,7 +226,7 @@ def build_agent(config: Config, log: Any) -> Agent:
         verifier = VerifierPool(SecretHasher(config.auth.argon2), config.auth.argon2_workers)
         authenticator = Authenticator(config.auth, None, verifier, log)
     checker = RequestChecker(config, authenticator, log)
-    agent.register(CHECK_REQUEST, _measured(checker))
+    agent.register(CHECK_REQUEST, checker)
     if config.metrics.listen is not None:
         _serve_metrics(agent, config, checker, log)
 
@@ -368,7 +267,8 @@ def build_agent(config: Config, log: Any) -> Agent:
                 follow_changes(events, authenticator.key_changed, log)))
         limiter_client = async_client(config.redis.url, rl.redis_timeout, config.redis.password)
         clients.append(limiter_client)
-        checker.limiter = RateLimiter(limiter_client, log)
+        checker.limiter = RateLimiter(limiter_client, log,
+                                      give_up_after=config.server.handler_timeout)
         if await checker.limiter.load() and await warm_up(limiter_client):
             log.info("redis_ready", url=redacted(config.redis.url))
         else:
@@ -414,7 +314,7 @@ def explain(config: Config, method: str, path: str, host: str, ip: str,
         args.update(body=body, content_length=str(len(body)))
     quiet = structlog.wrap_logger(structlog.ReturnLogger())
 
-    async def run() -> Actions:
+    async def run() -> Outcome:
         authenticator = None
         if token is not None:
             args["authorization"] = f"Bearer {token}"
@@ -423,45 +323,18 @@ def explain(config: Config, method: str, path: str, host: str, ip: str,
                                             config.redis.password))
             verifier = VerifierPool(SecretHasher(settings.argon2), 1)
             authenticator = Authenticator(settings, lookup, verifier, quiet)
-        result = RequestChecker(config, authenticator, quiet)(Message(CHECK_REQUEST, args))
         try:
-            return result if isinstance(result, Sequence) else await result
+            return await RequestChecker(config, authenticator, quiet).evaluate(
+                CheckRequest.from_args(args))
         finally:
             if authenticator is not None and authenticator.lookup is not None:
                 await close(authenticator.lookup.client)
                 authenticator.verifier.close()
 
-    answer = {action.name: action.value for action in asyncio.run(run())
-              if isinstance(action, SetVar)}
-    principal = answer.get("principal")
-    return CheckResult(answer["decision"] == "allow", int(str(answer["status"])),
-                       str(answer["reason"]), str(answer["rule"]),
-                       principal if isinstance(principal, str) else None)
-
-
-def _count(actions: Actions, started: float) -> Actions:
-    # decision_vars() always comes first: decision, status, reason, rule.
-    decision, reason = actions[0], actions[2]
-    if type(decision) is SetVar and type(reason) is SetVar:
-        metrics.count_decision(str(decision.value), str(reason.value),
-                               time.perf_counter() - started)
-    return actions
-
-
-def _measured(checker: RequestChecker) -> Handler:
-    """The checker, counting decisions and their time for Prometheus."""
-
-    async def later(pending: Awaitable[Actions], started: float) -> Actions:
-        return _count(await pending, started)
-
-    def handle(message: Message) -> Actions | Awaitable[Actions]:
-        started = time.perf_counter()
-        result = checker(message)
-        if isinstance(result, Sequence):
-            return _count(result, started)
-        return later(result, started)
-
-    return handle
+    outcome = asyncio.run(run())
+    decision = outcome.decision
+    return CheckResult(decision.allowed, decision.status, str(decision.reason), decision.rule,
+                       outcome.principal.name if outcome.principal else None)
 
 
 def _serve_metrics(agent: Agent, config: Config, checker: RequestChecker, log: Any) -> None:

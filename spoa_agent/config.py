@@ -20,7 +20,9 @@ from spoa_agent.auth.keys import validate_prefix
 from spoa_agent.logging import LEVELS
 from spoa_agent.policy import PRESET_NAMES, Route, RouteError, RouteTable, preset_routes
 from spoa_agent.ratelimit.limits import OnRedisError, Rate, parse_rate
-from spoa_agent.spop import DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE
+from spoa_agent.ratelimit.settings import LimitSpec, RateLimitConfig
+from spoa_agent.server.settings import Listen, ServerConfig
+from spoa_agent.spop import MIN_FRAME_SIZE
 from spoa_agent.store.redis import DEFAULT_TIMEOUT, DEFAULT_URL, parse_url
 
 ENV_CONFIG = "SPOA_AGENT_CONFIG"
@@ -38,32 +40,6 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Listen:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    listen: Listen = Listen("127.0.0.1", 12345)
-    workers: int = 1
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    # NOTIFYs being handled at once per connection before we stop reading it;
-    # HAProxy 3.1+ sends up to 20 per connection, older ones more when pipelining.
-    max_in_flight: int = 256
-    # A connection that sends no HELLO in this time is closed (half-open peers).
-    hello_timeout: float = 5.0
-    # An async handler slower than this is answered with an empty ACK, which
-    # haproxy.cfg turns into 503; keep it under SPOE's `timeout processing`.
-    handler_timeout: float = 0.9
-    # On SIGTERM, how long in-flight work may take before it is cancelled.
-    drain_timeout: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     file: str | None = None
@@ -76,27 +52,6 @@ class RedisConfig:
     url: str = DEFAULT_URL
     timeout: float = DEFAULT_TIMEOUT
     password: str | None = None  # overrides one in the URL; env SPOA_AGENT_REDIS_PASSWORD
-
-
-@dataclass(frozen=True, slots=True)
-class LimitSpec:
-    rate: Rate
-    on_redis_error: OnRedisError
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitConfig:
-    per_key: LimitSpec | None = None  # keys and JWT subjects without their own rate
-    per_ip: LimitSpec | None = None
-    global_: LimitSpec | None = None
-    # Requests in flight at once per key, for keys without their own; 0: none.
-    # Counted by HAProxy (a stick table), per HAProxy node.
-    per_key_in_flight: int = 0
-    on_redis_error: OnRedisError = OnRedisError.CLOSED
-    # Redis on the request path: past this, the limit's on_redis_error decides.
-    # A local Redis answers in well under 1 ms; 100 ms turned a VM's brief
-    # stall into 503s, and 250 ms still leaves most of the handler's 900 ms.
-    redis_timeout: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from spoa_agent.auth.jwt import IssuerConfig, JwtVerifier
 from spoa_agent.auth.keys import KeyFormatError, looks_like_key, parse_key
 from spoa_agent.auth.principal import AuthFailure, Principal
 from spoa_agent.cache import TtlLru
+from spoa_agent.reasons import Reason
 from spoa_agent.store.tokens import KeyLookup, KeyRecord
 
 # A credential longer than this is refused unread (HAProxy sends at most 4097
@@ -77,10 +78,12 @@ def principal_of(record: KeyRecord) -> Principal:
 
 def _failure_of(record: KeyRecord | None, key_id: str, now: float) -> AuthFailure | None:
     if record is None:
-        return AuthFailure(401, "unknown_key", key_id)
+        return AuthFailure(Reason.UNKNOWN_KEY, key_id)
     status = record.status(now)
-    if status != "active":
-        return AuthFailure(401, f"{status}_key", key_id)
+    if status == "revoked":
+        return AuthFailure(Reason.REVOKED_KEY, key_id)
+    if status == "expired":
+        return AuthFailure(Reason.EXPIRED_KEY, key_id)
     return None
 
 
@@ -129,11 +132,11 @@ class Authenticator:
 
     def quick(self, token: str) -> Principal | AuthFailure | None:
         if len(token) > MAX_CREDENTIAL or not token.isascii() or not token.isprintable():
-            return AuthFailure(401, "malformed_credential")
+            return AuthFailure(Reason.MALFORMED_CREDENTIAL)
         prefix = self.settings.key_prefix
         is_key = looks_like_key(token, prefix)
         if not is_key and not (self.jwt and token.count(".") == 2):
-            return AuthFailure(401, "malformed_credential")
+            return AuthFailure(Reason.MALFORMED_CREDENTIAL)
         # The caches first: an entry means this exact string was checked
         # already, so the hot path skips even the checksum or the signature.
         now = self.clock()
@@ -146,7 +149,7 @@ class Authenticator:
             try:
                 parse_key(token, prefix)
             except KeyFormatError as err:
-                return AuthFailure(401, err.reason)
+                return AuthFailure(err.reason)
             return None
         verified = self.jwt.verify(token)
         if type(verified) is Principal:
@@ -158,8 +161,9 @@ class Authenticator:
         if principal is not None:
             CACHE_HIT.inc()
             if principal.expires_at is not None and now >= principal.expires_at:
-                reason = "expired_key" if principal.kind == "api_key" else "expired_token"
-                return AuthFailure(401, reason, principal.id)
+                reason = Reason.EXPIRED_KEY if principal.kind == "api_key" \
+                    else Reason.EXPIRED_TOKEN
+                return AuthFailure(reason, principal.id)
             return principal
         failure = self.failures.get(digest, now)
         if failure is not None:
@@ -181,9 +185,9 @@ class Authenticator:
             # its earlier checks are still running. Not 401 (the key may be
             # valid) and not 503 (the gateway is not at fault); clients and
             # SDKs retry a 429 after Retry-After.
-            return AuthFailure(429, "too_many_key_checks", key_id)
+            return AuthFailure(Reason.TOO_MANY_KEY_CHECKS, key_id)
         if self._running >= self._check_limit:
-            return AuthFailure(503, "auth_overloaded", key_id)
+            return AuthFailure(Reason.AUTH_OVERLOADED, key_id)
         check = _Check(key_id, source, self._changes, asyncio.get_running_loop().create_future())
         self._checking[digest] = check
         self._running += 1
@@ -221,14 +225,14 @@ class Authenticator:
     async def _check(self, token: str, digest: bytes, check: _Check) -> Principal | AuthFailure:
         parsed = parse_key(token, self.settings.key_prefix)
         if self.lookup is None:
-            return AuthFailure(503, "store_unavailable", parsed.key_id)
+            return AuthFailure(Reason.STORE_UNAVAILABLE, parsed.key_id)
         metrics.REDIS_CALLS.labels("keys").inc()
         try:
             record = await self.lookup.get(parsed.key_id)
         except (redis.RedisError, OSError) as err:
             metrics.REDIS_ERRORS.labels("keys").inc()
             self.log.error("store_error", error=str(err), key_id=parsed.key_id)
-            return AuthFailure(503, "store_unavailable", parsed.key_id)
+            return AuthFailure(Reason.STORE_UNAVAILABLE, parsed.key_id)
         now = self.clock()
         failure = _failure_of(record, parsed.key_id, now)
         if failure is None:
@@ -249,7 +253,7 @@ class Authenticator:
                     self.verified.put(digest, principal, self.clock())
                 self._touch(parsed.key_id, now)
                 return principal
-            failure = AuthFailure(401, "wrong_secret", parsed.key_id)
+            failure = AuthFailure(Reason.WRONG_SECRET, parsed.key_id)
         if self._current(check):
             self.failures.put(digest, failure, self.clock())
         return failure

@@ -15,6 +15,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from spoa_agent.auth.principal import AuthFailure, Principal
+from spoa_agent.reasons import Reason
 
 _HMAC = frozenset({"HS256", "HS384", "HS512"})
 _PUBLIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -85,19 +86,15 @@ def _read(path: str) -> str:
         raise JwtConfigError(f"{path}: cannot read: {err.strerror}") from None
 
 
-_REASONS: list[tuple[type[Exception], str]] = [
-    (jwt.ExpiredSignatureError, "expired_token"),
-    (jwt.ImmatureSignatureError, "token_not_yet_valid"),
-    (jwt.InvalidAudienceError, "wrong_audience"),
-    (jwt.InvalidIssuerError, "wrong_issuer"),
-    (jwt.MissingRequiredClaimError, "missing_claim"),
-    (jwt.InvalidAlgorithmError, "algorithm_not_allowed"),
-    (jwt.InvalidSignatureError, "bad_signature"),
+_REASONS: list[tuple[type[Exception], Reason]] = [
+    (jwt.ExpiredSignatureError, Reason.EXPIRED_TOKEN),
+    (jwt.ImmatureSignatureError, Reason.TOKEN_NOT_YET_VALID),
+    (jwt.InvalidAudienceError, Reason.WRONG_AUDIENCE),
+    (jwt.InvalidIssuerError, Reason.WRONG_ISSUER),
+    (jwt.MissingRequiredClaimError, Reason.MISSING_CLAIM),
+    (jwt.InvalidAlgorithmError, Reason.ALGORITHM_NOT_ALLOWED),
+    (jwt.InvalidSignatureError, Reason.BAD_SIGNATURE),
 ]
-
-
-def _failure(reason: str) -> AuthFailure:
-    return AuthFailure(401, reason)
 
 
 class JwtVerifier:
@@ -112,16 +109,16 @@ class JwtVerifier:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except (jwt.PyJWTError, ValueError):
-            return _failure("malformed_token")
+            return AuthFailure(Reason.MALFORMED_TOKEN)
         issuer = self._issuers.get(str(unverified.get("iss", "")))
         if issuer is None:
-            return _failure("unknown_issuer")
+            return AuthFailure(Reason.UNKNOWN_ISSUER)
         config = issuer.config
         if header.get("alg") not in config.algorithms:
-            return _failure("algorithm_not_allowed")
+            return AuthFailure(Reason.ALGORITHM_NOT_ALLOWED)
         key = issuer.key_for(header.get("kid"))
         if key is None:
-            return _failure("unknown_kid")
+            return AuthFailure(Reason.UNKNOWN_KID)
         try:
             claims = jwt.decode(
                 token, key, algorithms=list(config.algorithms),
@@ -132,8 +129,8 @@ class JwtVerifier:
         except jwt.PyJWTError as err:
             for kind, reason in _REASONS:
                 if isinstance(err, kind):
-                    return _failure(reason)
-            return _failure("invalid_token")
+                    return AuthFailure(reason)
+            return AuthFailure(Reason.INVALID_TOKEN)
         # Refused from exp + leeway on, as pyjwt would: a cached token is
         # checked against this on every use.
         return Principal(

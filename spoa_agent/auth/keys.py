@@ -18,6 +18,8 @@ import string
 import zlib
 from dataclasses import dataclass
 
+from spoa_agent.reasons import Reason
+
 ALPHABET = string.digits + string.ascii_letters
 ID_LENGTH = 12
 SECRET_LENGTH = 22  # 62**22 > 2**130
@@ -29,7 +31,7 @@ _BASE62 = frozenset(ALPHABET)
 class KeyFormatError(ValueError):
     """Why a string is not one of our keys: `reason` goes to logs and HAProxy."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Reason) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -80,15 +82,15 @@ def looks_like_key(token: str, prefix: str) -> bool:
 def parse_key(token: str, prefix: str) -> ParsedKey:
     """Split a key into id and secret, or raise KeyFormatError; no I/O."""
     if len(token) != key_length(prefix) or not token.startswith(prefix + "_"):
-        raise KeyFormatError("malformed_key")
+        raise KeyFormatError(Reason.MALFORMED_KEY)
     id_start = len(prefix) + 1
     secret_start = id_start + ID_LENGTH + 1
     check_start = secret_start + SECRET_LENGTH
     key_id = token[id_start : secret_start - 1]
     if token[secret_start - 1] != "_" or not _BASE62.issuperset(key_id + token[secret_start:]):
-        raise KeyFormatError("malformed_key")
+        raise KeyFormatError(Reason.MALFORMED_KEY)
     if not secrets.compare_digest(_checksum(token[:check_start]), token[check_start:]):
-        raise KeyFormatError("bad_checksum")
+        raise KeyFormatError(Reason.BAD_CHECKSUM)
     return ParsedKey(key_id, token[secret_start:check_start])
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spoa_agent.reasons import Reason
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -20,8 +22,12 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class AuthFailure:
-    """Authentication said no: HTTP status and the reason logged and returned."""
+    """Authentication said no: the reason logged and returned, and the key's
+    id when one was named."""
 
-    status: int
-    reason: str
+    reason: Reason
     key_id: str = ""
+
+    @property
+    def status(self) -> int:
+        return self.reason.status

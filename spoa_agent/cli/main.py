@@ -14,7 +14,8 @@ from click.core import ParameterSource
 
 from spoa_agent import logging as agent_logging
 from spoa_agent.cli.token import token
-from spoa_agent.config import ENV_CONFIG, Config, ConfigError, Listen, load_config, parse_listen
+from spoa_agent.config import ENV_CONFIG, Config, ConfigError, load_config, parse_listen
+from spoa_agent.server.settings import Listen
 from spoa_agent.store.redis import parse_url
 
 # `check --token` without the key in the process arguments.

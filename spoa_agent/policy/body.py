@@ -15,23 +15,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from spoa_agent.reasons import Reason
+
 # Methods whose requests carry a body (RFC 9110 gives the others none).
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-@dataclass(frozen=True, slots=True)
-class BodyProblem:
-    """Why the body cannot be decided on: the status and the reason to answer."""
-
-    status: int
-    reason: str
-
-
-LENGTH_REQUIRED = BodyProblem(411, "length_required")
-ENCODED_BODY = BodyProblem(415, "encoded_body")
-AMBIGUOUS_BODY = BodyProblem(400, "ambiguous_body")
-MODEL_MISSING = BodyProblem(400, "model_missing")
-TOO_LARGE_TO_READ = BodyProblem(413, "body_too_large_for_model_check")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,52 +31,52 @@ class BodyFacts:
     content_encoding: str | None
     body: bytes  # what HAProxy buffered, maybe cut
 
-    def length(self) -> int | BodyProblem:
+    def length(self) -> int | Reason:
         """The body's exact length, or why it is not known before it arrives.
 
         Only Content-Length says it: a chunked HTTP/1.1 body, or an HTTP/2
         one without the header, may be of any size.
         """
         if self.content_encoding and self.content_encoding.strip().lower() != "identity":
-            return ENCODED_BODY  # the upstream may read other bytes than these
+            return Reason.ENCODED_BODY  # the upstream may read other bytes than these
         if self.content_length is None:
             if self.transfer_encoding or self.body or self.method in BODY_METHODS:
-                return LENGTH_REQUIRED
+                return Reason.LENGTH_REQUIRED
             return 0
         text = self.content_length.strip()
         if not text.isdigit() or not text.isascii():
-            return LENGTH_REQUIRED  # HAProxy refuses these; never guess
+            return Reason.LENGTH_REQUIRED  # HAProxy refuses these; never guess
         return int(text)
 
-    def whole(self) -> bytes | BodyProblem:
+    def whole(self) -> bytes | Reason:
         """The whole body, or why the agent cannot read it whole."""
         length = self.length()
-        if isinstance(length, BodyProblem):
+        if isinstance(length, Reason):
             return length
         if length != len(self.body):
             # Larger than HAProxy's buffer (or the frame to the agent).
-            return TOO_LARGE_TO_READ
+            return Reason.BODY_TOO_LARGE_FOR_MODEL_CHECK
         return self.body
 
 
-def model_of(body: bytes) -> str | BodyProblem:
+def model_of(body: bytes) -> str | Reason:
     """The top-level `"model"` of a JSON body, if every reader agrees on it."""
     try:
         # UTF-8 only, strictly, as Go and the JSON RFC read it (json.loads
         # on bytes would guess UTF-16 or UTF-32 too).
         parsed = json.loads(body.decode("utf-8"), object_pairs_hook=_pairs)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return AMBIGUOUS_BODY
+        return Reason.AMBIGUOUS_BODY
     if not isinstance(parsed, _Pairs):
-        return AMBIGUOUS_BODY
+        return Reason.AMBIGUOUS_BODY
     found = [(key, value) for key, value in parsed if key.casefold() == "model"]
     if not found:
-        return MODEL_MISSING
+        return Reason.MODEL_MISSING
     if len(found) > 1 or found[0][0] != "model":
-        return AMBIGUOUS_BODY
+        return Reason.AMBIGUOUS_BODY
     value = found[0][1]
     if not isinstance(value, str) or not value:
-        return MODEL_MISSING if value in ("", None) else AMBIGUOUS_BODY
+        return Reason.MODEL_MISSING if value in ("", None) else Reason.AMBIGUOUS_BODY
     return value
 
 

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from spoa_agent.ratelimit.limits import Rate
+from spoa_agent.reasons import Reason
 
 # One path segment of a template: what model names and ids use, and never a
 # "." or ".." segment, "%" escapes or "/".
@@ -74,15 +75,22 @@ class Route:
 class Decision:
     allowed: bool
     status: int
-    reason: str
+    reason: str  # ALLOW, or a Reason
     rule: str = ""
     route: Route | None = field(default=None, compare=True)
+    detail: str = ""  # what a refusal names: a model, scopes, a size
 
 
 ALLOW = "allowed"
-NO_ROUTE = Decision(False, 403, "route_not_allowed")
-UNSAFE_PATH = Decision(False, 403, "path_not_normalized")
-AMBIGUOUS_HOST = Decision(False, 400, "ambiguous_host")
+
+
+def refuse(reason: Reason, rule: str = "", detail: str = "") -> Decision:
+    return Decision(False, reason.status, reason, rule, None, detail)
+
+
+NO_ROUTE = refuse(Reason.ROUTE_NOT_ALLOWED)
+UNSAFE_PATH = refuse(Reason.PATH_NOT_NORMALIZED)
+AMBIGUOUS_HOST = refuse(Reason.AMBIGUOUS_HOST)
 # A Host header both HAProxy (haproxy.cfg's txn.host, which picks the
 # backend) and the policy read the same way: a name without trailing dot or
 # empty label, or an IPv6 literal, then maybe a port; haproxy.cfg refuses
@@ -206,7 +214,7 @@ class RouteTable:
                 if route.prefix and _UNSAFE.search(path):
                     return UNSAFE_PATH
                 return self._allowed[route]
-        return Decision(False, 403, "method_not_allowed", candidates[0].label)
+        return refuse(Reason.METHOD_NOT_ALLOWED, candidates[0].label)
 
     def shadowed(self) -> list[tuple[Route, Route]]:
         """(earlier, later) pairs where the later rule can never decide."""

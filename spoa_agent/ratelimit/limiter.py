@@ -30,6 +30,7 @@ from spoa_agent import metrics
 from spoa_agent.cache import TtlLru
 from spoa_agent.ratelimit.breaker import CircuitBreaker
 from spoa_agent.ratelimit.limits import Limit, OnRedisError
+from spoa_agent.reasons import Reason
 
 GCRA_SCRIPT = resources.files("spoa_agent.ratelimit").joinpath("gcra_batch.lua").read_text()
 # Every limiter key shares this hash tag: one script call may touch all the
@@ -45,7 +46,7 @@ def limit_key(scope: str, name: str) -> str:
 class Verdict:
     admitted: bool
     status: int = 200  # 429 over a limit, 503 Redis down under a closed limit
-    reason: str = ""
+    reason: Reason | None = None
     limit: Limit | None = None  # the limit to show the client: the tightest one
     remaining: int = 0
     reset: int = 0  # seconds until the tightest limit is full again
@@ -134,7 +135,7 @@ class RateLimiter:
             until = self.refusing.get(limit.key, now)
             if until is not None and until > now:
                 wait = math.ceil(until - now)
-                return Verdict(False, 429, "rate_limited", limit, 0, wait, max(1, wait))
+                return Verdict(False, 429, Reason.RATE_LIMITED, limit, 0, wait, max(1, wait))
         if not self.breaker.allow(now):
             return self._without_redis(limits)
         return None
@@ -231,12 +232,12 @@ class RateLimiter:
         assert tightest is not None
         remaining, reset_us, _, limit = tightest
         if admitted:
-            return Verdict(True, 200, "", limit, remaining, _seconds_up(reset_us))
-        return Verdict(False, 429, "rate_limited", limit, remaining, _seconds_up(reset_us),
+            return Verdict(True, 200, None, limit, remaining, _seconds_up(reset_us))
+        return Verdict(False, 429, Reason.RATE_LIMITED, limit, remaining, _seconds_up(reset_us),
                        max(1, _seconds_up(retry_us)))
 
     def _without_redis(self, limits: Sequence[Limit]) -> Verdict:
         closed = [limit for limit in limits if limit.on_redis_error is OnRedisError.CLOSED]
         if closed:
-            return Verdict(False, 503, "ratelimit_unavailable", closed[0])
+            return Verdict(False, 503, Reason.RATELIMIT_UNAVAILABLE, closed[0])
         return UNLIMITED

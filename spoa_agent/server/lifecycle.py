@@ -16,9 +16,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from spoa_agent.config import ServerConfig
 from spoa_agent.server.agent import Agent
 from spoa_agent.server.protocol import SpopProtocol
+from spoa_agent.server.settings import ServerConfig
 
 
 async def serve(

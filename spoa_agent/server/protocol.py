@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from spoa_agent import metrics
-from spoa_agent.config import ServerConfig
 from spoa_agent.server.agent import Actions, Agent, Later
+from spoa_agent.server.settings import ServerConfig
 from spoa_agent.spop import (
     CLOSED,
     NEED_DATA,

@@ -8,15 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spoa_agent.policy.body import (
-    AMBIGUOUS_BODY,
-    ENCODED_BODY,
-    LENGTH_REQUIRED,
-    MODEL_MISSING,
-    TOO_LARGE_TO_READ,
-    BodyFacts,
-    model_of,
-)
+from spoa_agent.policy.body import BodyFacts, model_of
+from spoa_agent.reasons import Reason
+
+AMBIGUOUS_BODY, MODEL_MISSING = Reason.AMBIGUOUS_BODY, Reason.MODEL_MISSING
+LENGTH_REQUIRED, ENCODED_BODY = Reason.LENGTH_REQUIRED, Reason.ENCODED_BODY
+TOO_LARGE_TO_READ = Reason.BODY_TOO_LARGE_FOR_MODEL_CHECK
 
 
 @pytest.mark.parametrize(("body", "expected"), [
@@ -98,5 +95,5 @@ VALUES = st.sampled_from(['"a"', '"b"', "1", "null", '["a"]', '{"model":"c"}', '
 def test_a_model_it_answers_is_the_one_every_reader_sees(pairs: list[tuple[str, str]]) -> None:
     body = ("{" + ",".join(f'"{key}":{value}' for key, value in pairs) + "}").encode()
     model = model_of(body)
-    if isinstance(model, str):
+    if not isinstance(model, Reason):
         assert model == _first_wins(body) == _last_wins(body) == _go_reads(body)

@@ -2,22 +2,22 @@
 
 import pytest
 
-from spoa_agent.app import credential
-from spoa_agent.auth import AuthFailure
+from spoa_agent.reasons import Reason
+from spoa_agent.request import credential
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    ({}, AuthFailure(401, "missing_credential")),
-    ({"authorization": None, "api_key": None}, AuthFailure(401, "missing_credential")),
+    ({}, Reason.MISSING_CREDENTIAL),
+    ({"authorization": None, "api_key": None}, Reason.MISSING_CREDENTIAL),
     ({"authorization": "Bearer abc"}, "abc"),
     ({"authorization": "bearer   abc  "}, "abc"),
     ({"authorization": b"Bearer abc"}, "abc"),  # BINARY after HAProxy's bytes() cut
     ({"api_key": "abc"}, "abc"),
     ({"authorization": "Bearer abc", "api_key": "other"}, "abc"),
-    ({"authorization": "Basic dXNlcjpwYXNz"}, AuthFailure(401, "malformed_credential")),
-    ({"authorization": "Bearer "}, AuthFailure(401, "malformed_credential")),
-    ({"api_key": ""}, AuthFailure(401, "malformed_credential")),
-    ({"authorization": "Bearer " + "a" * 4090}, AuthFailure(401, "oversized_credential")),
+    ({"authorization": "Basic dXNlcjpwYXNz"}, Reason.MALFORMED_CREDENTIAL),
+    ({"authorization": "Bearer "}, Reason.MALFORMED_CREDENTIAL),
+    ({"api_key": ""}, Reason.MALFORMED_CREDENTIAL),
+    ({"authorization": "Bearer " + "a" * 4090}, Reason.OVERSIZED_CREDENTIAL),
 ])
 def test_credential(args: dict[str, object], expected: object) -> None:
     assert credential(args) == expected  # type: ignore[arg-type]

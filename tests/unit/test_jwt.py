@@ -20,6 +20,7 @@ from spoa_agent.auth.authenticator import Authenticator, AuthSettings
 from spoa_agent.auth.hashing import SecretHasher, VerifierPool
 from spoa_agent.auth.jwt import JwtVerifier
 from spoa_agent.auth.principal import AuthFailure, Principal
+from spoa_agent.reasons import Reason
 
 ISSUER = "https://id.example.test/"
 
@@ -106,13 +107,13 @@ REFUSED = [
 @pytest.mark.parametrize(("name", "make", "reason"), REFUSED, ids=[r[0] for r in REFUSED])
 def test_refused(verifier: JwtVerifier, name: str, make: object, reason: str) -> None:
     result = verifier.verify(make())  # type: ignore[operator]
-    assert result == AuthFailure(401, reason)
+    assert result == AuthFailure(Reason(reason))
 
 
 def test_unknown_kid_with_jwks(key_files: tuple[Path, Path]) -> None:
     verifier = JwtVerifier((IssuerConfig(issuer=ISSUER, algorithms=("RS256",),
                                          jwks_file=str(key_files[1])),))
-    assert verifier.verify(sign(claims(), kid="k2")) == AuthFailure(401, "unknown_kid")
+    assert verifier.verify(sign(claims(), kid="k2")) == AuthFailure(Reason.UNKNOWN_KID)
 
 
 def test_wrong_issuer_claim_under_known_key(key_files: tuple[Path, Path]) -> None:
@@ -125,7 +126,7 @@ def test_wrong_issuer_claim_under_known_key(key_files: tuple[Path, Path]) -> Non
         IssuerConfig(issuer="https://b.test/", algorithms=("RS256",), pem_file=str(other_pem)),
     ))
     assert isinstance(verifier.verify(sign(claims(iss="https://b.test/"), key=OTHER)), Principal)
-    assert verifier.verify(sign(claims(iss="https://b.test/"))) == AuthFailure(401, "bad_signature")
+    assert verifier.verify(sign(claims(iss="https://b.test/"))) == AuthFailure(Reason.BAD_SIGNATURE)
 
 
 @pytest.mark.parametrize(("algorithms", "files"), [
@@ -158,8 +159,8 @@ def test_a_verified_token_is_served_from_the_cache_until_exp_plus_leeway(
     now[0] = int(now[0]) + 64
     assert auth.quick(token) == first  # within the leeway
     now[0] += 1
-    assert auth.quick(token) == AuthFailure(401, "expired_token", "alice")
+    assert auth.quick(token) == AuthFailure(Reason.EXPIRED_TOKEN, "alice")
     # A bad token is never cached as good.
     forged = sign(claims(), key=OTHER)
-    assert auth.quick(forged) == AuthFailure(401, "bad_signature")
+    assert auth.quick(forged) == AuthFailure(Reason.BAD_SIGNATURE)
     assert len(auth.verified) == 1

@@ -1,0 +1,72 @@
+"""One typed outcome per request, rendered once into SPOP variables.
+
+The check-request handler ends every request in an Outcome; render() turns
+it into the txn.spoa.* variables haproxy.cfg decides on. The log line, the
+metrics and `spoa-agent check` read the Outcome itself, never the variables.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+from spoa_agent.auth.principal import Principal
+from spoa_agent.policy.routes import Decision
+from spoa_agent.ratelimit.limiter import UNLIMITED, Verdict
+from spoa_agent.spop import Action, SetVar
+
+# The step that decided: who the caller is, what it may do, how often.
+Stage = Literal["auth", "policy", "limit", "allowed"]
+OWN_LOGIN = (SetVar("own_login", True),)  # haproxy.cfg keeps the credentials
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision: Decision  # allowed, status, reason, rule, detail
+    stage: Stage
+    principal: Principal | None = None
+    key_id: str = ""  # the key a refused credential named
+    verdict: Verdict = UNLIMITED  # the limits' figures, shown to the client
+    max_in_flight: int = 0  # requests at once for this key, counted by HAProxy
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
+def render(outcome: Outcome) -> tuple[Action, ...]:
+    """The variables under txn.<var-prefix>.* (spoe-agent.conf: spoa)."""
+    decision = outcome.decision
+    out = decision_vars(decision.allowed, decision.status, decision.reason, decision.rule)
+    if decision.detail:
+        out += (SetVar("detail", decision.detail),)
+    if decision.route is not None and decision.route.public:
+        out += OWN_LOGIN
+    if outcome.principal is not None:
+        out += principal_vars(outcome.principal)
+        if outcome.max_in_flight:
+            out += (SetVar("max_in_flight", outcome.max_in_flight),)
+    verdict = outcome.verdict
+    if verdict.limit is not None:
+        rate = verdict.limit.rate
+        out += (SetVar("rl_scope", verdict.limit.scope), SetVar("rl_limit", rate.count),
+                SetVar("rl_window", round(rate.period)),
+                SetVar("rl_remaining", verdict.remaining), SetVar("rl_reset", verdict.reset))
+        if verdict.retry_after:
+            out += (SetVar("retry_after", verdict.retry_after),)
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def decision_vars(allowed: bool, status: int, reason: str, rule: str) -> tuple[Action, ...]:
+    """What haproxy.cfg decides on. Cached: decisions are few (rule, outcome)
+    pairs and their variables immutable, so each is built once."""
+    return (SetVar("decision", "allow" if allowed else "deny"), SetVar("status", status),
+            SetVar("reason", str(reason)), SetVar("rule", rule))
+
+
+@functools.lru_cache(maxsize=4096)
+def principal_vars(principal: Principal) -> tuple[Action, ...]:
+    """Who asked: haproxy.cfg passes `principal` upstream as X-Spoa-Principal."""
+    return (SetVar("principal", principal.name), SetVar("principal_id", principal.id))

@@ -1,0 +1,41 @@
+"""What a matched route and the caller ask beyond the path: the key's own
+routes, scopes, the body's size and model. Pure, no I/O; table-tested.
+"""
+
+from __future__ import annotations
+
+from spoa_agent.auth.principal import Principal
+from spoa_agent.policy.body import BodyFacts, model_of
+from spoa_agent.policy.routes import Decision, refuse
+from spoa_agent.reasons import Reason
+
+
+def check_access(decision: Decision, principal: Principal | None, body: BodyFacts) -> Decision:
+    """`decision` (an allowed route) if the caller may make this request, or
+    the refusal, naming what it was about in `detail`."""
+    route = decision.route
+    if route is None:
+        return decision
+    rule = decision.rule
+    check_model = bool(principal is not None and principal.models and route.model_in_body)
+    if route.max_body is not None or check_model:
+        length = body.length()
+        if isinstance(length, Reason):
+            return refuse(length, rule)
+        if route.max_body is not None and length > route.max_body:
+            return refuse(Reason.BODY_TOO_LARGE, rule, str(route.max_body))
+    if principal is None:
+        return decision
+    if principal.routes and rule not in principal.routes:
+        return refuse(Reason.ROUTE_NOT_ALLOWED_FOR_KEY, rule)
+    missing = route.scopes - principal.scopes
+    if missing:
+        return refuse(Reason.MISSING_SCOPE, rule, " ".join(sorted(missing)))
+    if check_model:
+        whole = body.whole()
+        model = whole if isinstance(whole, Reason) else model_of(whole)
+        if isinstance(model, Reason):
+            return refuse(model, rule)
+        if model not in principal.models:
+            return refuse(Reason.MODEL_NOT_ALLOWED, rule, model)
+    return decision

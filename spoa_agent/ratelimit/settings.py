@@ -1,0 +1,28 @@
+"""The limiter's own settings: which limits apply, and what Redis trouble does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spoa_agent.ratelimit.limits import OnRedisError, Rate
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    rate: Rate
+    on_redis_error: OnRedisError
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    per_key: LimitSpec | None = None  # keys and JWT subjects without their own rate
+    per_ip: LimitSpec | None = None
+    global_: LimitSpec | None = None
+    # Requests in flight at once per key, for keys without their own; 0: none.
+    # Counted by HAProxy (a stick table), per HAProxy node.
+    per_key_in_flight: int = 0
+    on_redis_error: OnRedisError = OnRedisError.CLOSED
+    # Redis on the request path: past this, the limit's on_redis_error decides.
+    # A local Redis answers in well under 1 ms; 100 ms turned a VM's brief
+    # stall into 503s, and 250 ms still leaves most of the handler's 900 ms.
+    redis_timeout: float = 0.25
