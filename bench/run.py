@@ -16,20 +16,24 @@
    - HAProxy's own jwt_verify of an RS256 token + three stick-table rate
      limits (bench/haproxy-native.cfg): what an admin could configure instead;
    - SPOE to HAProxy's minimal C example agent (bench/haproxy-c-agent.cfg),
-     only with --c-agent: it is built outside this repository, see
-     bench/README.md; without it the table says the row was not run;
+     only with --c-agent: with pipelining (-c pipelining), the reference
+     row, then with its defaults (one frame at a time per connection). It
+     is built outside this repository, see bench/README.md; without it the
+     table says the rows were not run;
    - SPOE to the agent (bench/haproxy-spoe.cfg, the shipped SPOE engine):
      trivial handler (routes only); cached API key + route; cached key +
      route + 3 Redis limits with 1 and N workers; a JWT + route + 3 limits.
-   Each row: req/s, p50 and p99 latency, ratio to the ceiling and to the
-   native row. The RS256 key pair and token are made at bench time in a
-   temporary directory.
+   Each row: req/s, p50 and p99 latency, ratio to the pipelined C agent, to
+   the ceiling and to the native row, and the CPU time per request of the
+   agent (with its worker processes), HAProxy and Redis, from /proc/PID/stat
+   before and after the wrk run. The RS256 key pair and token are made at
+   bench time in a temporary directory.
 3. Latency at a fixed rate (bench/openloop.py, open loop): HAProxy alone and
-   the full agent path at half and a quarter of the C agent's req/s (the
-   issue's 31k when not run) and at half the full path's own; the median the
-   agent adds. wrk cannot hold a rate and wrk2 is not packaged here; a rate
-   the Python generator cannot offer HAProxy alone is lowered to what it
-   sustains, and the output says so.
+   the full agent path at half and a quarter of the pipelined C agent's
+   req/s (the issue's 31k when not run) and at half the full path's own;
+   the median the agent adds. wrk cannot hold a rate and wrk2 is not
+   packaged here; a rate the Python generator cannot offer HAProxy alone is
+   lowered to what it sustains, and the output says so.
 4. The issue's targets against this run's figures.
 
 --soak SECONDS runs only the full agent path (cached key + 3 limits, --workers
@@ -75,13 +79,14 @@ from spoa_agent.auth.keys import format_key, new_key_id, new_secret
 from spoa_agent.demo.stack import (
     REPO,
     Gateway,
+    free_port,
     haproxy_binaries,
     haproxy_version,
     policy_only_config,
     spawn,
     wait_for_port,
 )
-from spoa_agent.server import Actions, Handler
+from spoa_agent.server import Actions, Handler, Later
 from spoa_agent.spop import (
     NEED_DATA,
     Ack,
@@ -106,6 +111,7 @@ DENIED_PATH = "/api/pull"  # refused by it
 WRK_THREADS = 2
 BATCH = 100  # NOTIFY frames per receive_data
 C_AGENT_ROW = "SPOE + HAProxy's C example agent (spoa-example)"
+C_AGENT_PIPELINING = ("-c", "pipelining")  # the reference row's own options
 ISSUE_C_AGENT_RPS = 31_000.0  # the issue's figure for the C agent on this machine
 
 
@@ -283,6 +289,7 @@ class Plan:
     workers: int = 1
     credential: Credential = "none"  # none: keys off, the agent only matches routes
     limits: bool = False  # three limits per request (key, address, global), never reached
+    pipelining: bool = False  # the C agent only: run with -c pipelining (the reference row)
 
     @property
     def uses_redis(self) -> bool:
@@ -328,10 +335,23 @@ class _InstantPipeline:
 
 class _InstantRedis:
     """Stands in for the limiter's Redis client: every script call admits at
-    once, so the engine is timed without a network round trip."""
+    once, so the engine is timed without a network round trip. Both shapes
+    of the limiter are served: a pipeline of one gcra.lua call per request,
+    and one gcra_batch.lua call per batch of requests."""
 
     def pipeline(self, transaction: bool = False) -> _InstantPipeline:
         return _InstantPipeline()
+
+    async def evalsha(self, _sha: str, _numkeys: int, *keys_and_args: object) -> str:
+        # gcra_batch.lua's ARGV[1]: per request "n", then two numbers per limit;
+        # its answer: per request "1" (admitted), then three numbers per limit.
+        numbers = str(keys_and_args[-1]).split()
+        out, at = [], 0
+        while at < len(numbers):
+            limits = int(numbers[at])
+            out += ["1", *["100", "1000000", "0"] * limits]
+            at += 1 + 2 * limits
+        return " ".join(out)
 
 
 def bench_engine(count: int, issuer: JwtIssuer, workdir: Path) -> dict[str, float]:
@@ -382,12 +402,33 @@ def bench_engine(count: int, issuer: JwtIssuer, workdir: Path) -> dict[str, floa
 def _decisions_per_s(handle: Handler, message: Message, rounds: int) -> float:
     """Calls `handle` `rounds` times in an event loop, 64 at a time, as the
     server does: an answer ready at once is used at once, the ones that must
-    wait (the limits) are awaited together. The first answer must be allow."""
+    wait (the limits) are waited for together: answers given Later through
+    one callback that counts them, awaitables with gather. The first answer
+    must be allow."""
     import asyncio
+
+    async def answered(laters: list[Later]) -> Actions:
+        """Waits until every Later is answered; the last answer."""
+        done: asyncio.Future[Actions] = asyncio.get_running_loop().create_future()
+        left = len(laters)
+
+        def count(actions: Actions) -> None:
+            nonlocal left
+            left -= 1
+            if not left:
+                done.set_result(actions)
+
+        for later in laters:
+            later.then(count)
+        return await done
 
     async def first() -> Actions:
         result = handle(message)
-        return result if isinstance(result, Sequence) else await result
+        if isinstance(result, Sequence):
+            return result
+        if isinstance(result, Later):
+            return await answered([result])
+        return await result
 
     async def all_rounds() -> float:
         answer = await first()
@@ -395,11 +436,18 @@ def _decisions_per_s(handle: Handler, message: Message, rounds: int) -> float:
             raise RuntimeError(f"the engine did not allow the bench request: {answer}")
         start = time.perf_counter()
         for _ in range(rounds // 64):
+            laters: list[Later] = []
             waiting = []
             for _ in range(64):
                 result = handle(message)
-                if not isinstance(result, Sequence):
+                if isinstance(result, Sequence):
+                    continue
+                if isinstance(result, Later):
+                    laters.append(result)
+                else:
                     waiting.append(result)
+            if laters:
+                await answered(laters)
             if waiting:
                 await asyncio.gather(*waiting)
         return rounds // 64 * 64 / (time.perf_counter() - start)
@@ -427,9 +475,16 @@ class Row:
     credential: str = "none"
     limits: bool = False
     workers: int = 0
+    pipelining: bool = False
     redis_per_request: float | None = None  # script calls and lookups per request
+    # CPU time per request (utime + stime from /proc, microseconds); None when
+    # the row runs no such process.
+    agent_cpu_us: float | None = None
+    haproxy_cpu_us: float | None = None
+    redis_cpu_us: float | None = None
     ratio: float = 1.0  # to the ceiling
     ratio_to_native: float | None = None
+    ratio_to_c_agent: float | None = None  # to the pipelined C agent row
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -539,6 +594,23 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def start_c_agent(gateway: Gateway, argv: list[str], workdir: Path, attempts: int = 5) -> None:
+    """The C agent on gateway.agent_port. It binds that port on every
+    interface, where a port free on loopback a moment ago can be taken by
+    then (the rows before leave many connections behind): it is started
+    again on another port when its bind fails."""
+    for attempt in range(attempts):
+        proc = spawn("c-agent", [*argv, "-p", str(gateway.agent_port)], workdir)
+        gateway.processes["c-agent"] = proc
+        try:
+            wait_for_port(gateway.agent_port, proc.popen)
+            return
+        except RuntimeError:
+            if attempt == attempts - 1 or "Address already in use" not in proc.log():
+                raise
+            gateway.agent_port = free_port()
+
+
 @contextlib.contextmanager
 def running(plan: Plan, setup: Setup, workdir: Path) -> Iterator[tuple[Gateway, dict[str, str]]]:
     """The processes of one row, started on free ports and checked with one
@@ -559,9 +631,8 @@ def running(plan: Plan, setup: Setup, workdir: Path) -> Iterator[tuple[Gateway, 
             expect_status(gateway.url + ALLOWED_PATH, 401, {})  # it does check
         elif plan.kind == "c-agent":
             assert setup.c_agent is not None
-            proc = spawn("c-agent", [*setup.c_agent, "-p", str(gateway.agent_port)], workdir)
-            gateway.processes["c-agent"] = proc
-            wait_for_port(gateway.agent_port, proc.popen)
+            options = C_AGENT_PIPELINING if plan.pipelining else ()
+            start_c_agent(gateway, [*setup.c_agent, *options], workdir)
             gateway.start_haproxy(setup.haproxy, C_AGENT_CFG)
         else:
             config = agent_config(plan, workdir, issuer)
@@ -589,16 +660,52 @@ def running(plan: Plan, setup: Setup, workdir: Path) -> Iterator[tuple[Gateway, 
         gateway.stop()
 
 
+CPU_ROLES = {"agent": ("agent", "c-agent"), "haproxy": ("haproxy",), "redis": ("redis",)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time so far of `pid` and its descendants (every thread of each):
+    utime + stime, plus cutime + cstime for children already reaped."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        ticks += sum(int(n) for n in fields[11:15])  # fields 14-17 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_role(gateway: Gateway) -> dict[str, float]:
+    """CPU seconds so far of the row's agent (ours or the C one), HAProxy and
+    Redis, for those the row runs."""
+    out = {}
+    for role, names in CPU_ROLES.items():
+        for name in names:
+            if name in gateway.processes:
+                out[role] = cpu_seconds(gateway.processes[name].popen.pid)
+    return out
+
+
 def bench_row(plan: Plan, setup: Setup, workdir: Path, duration: int,
               connections: int) -> Row:
     """One wrk row, with its own processes."""
     with running(plan, setup, workdir) as (gateway, headers):
         before = redis_round_trips(gateway) if plan.uses_redis else 0
+        cpu_before = cpu_by_role(gateway)
         row = run_wrk(plan.name, gateway.url + ALLOWED_PATH, duration, connections, headers)
+        cpu_after = cpu_by_role(gateway)
         row.kind, row.credential, row.limits = plan.kind, plan.credential, plan.limits
         row.workers = plan.workers if plan.kind == "agent" else 0
+        row.pipelining = plan.pipelining
         if plan.uses_redis and row.requests:
             row.redis_per_request = (redis_round_trips(gateway) - before) / row.requests
+        if row.requests:
+            per_request = {role: (cpu_after[role] - cpu_before[role]) / row.requests * 1e6
+                           for role in cpu_before}
+            row.agent_cpu_us = per_request.get("agent")
+            row.haproxy_cpu_us = per_request.get("haproxy")
+            row.redis_cpu_us = per_request.get("redis")
     return row
 
 
@@ -758,19 +865,37 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def c_agent_plans() -> list[Plan]:
+    return [Plan(f"{C_AGENT_ROW}, pipelining (-c pipelining)", kind="c-agent",
+                 pipelining=True),
+            Plan(f"{C_AGENT_ROW}, its defaults (no pipelining)", kind="c-agent")]
+
+
+def reference_row(rows: list[Row]) -> Row | None:
+    """The pipelined C agent row, which the ratios and targets are to."""
+    return next((row for row in rows if row.kind == "c-agent" and row.pipelining), None)
+
+
 def markdown(rows: list[Row], c_agent_missing: bool) -> str:
     lines = [
-        "| row | req/s | p50 ms | p99 ms | ratio to ceiling | ratio to native | non-2xx "
-        "| Redis calls/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| row | req/s | p50 ms | p99 ms | ratio to C agent (pipelining) | ratio to ceiling "
+        "| ratio to native | non-2xx | Redis calls/req | agent CPU us/req | HAProxy CPU us/req "
+        "| Redis CPU us/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(f"| {row.name} | {row.requests_per_s:,.0f} | {row.p50_ms:.2f} | "
-                     f"{row.p99_ms:.2f} | {row.ratio:.2f} | {_ratio(row.ratio_to_native)} | "
-                     f"{row.non_2xx + row.socket_errors} | {_ratio(row.redis_per_request)} |")
+                     f"{row.p99_ms:.2f} | {_ratio(row.ratio_to_c_agent)} | {row.ratio:.2f} | "
+                     f"{_ratio(row.ratio_to_native)} | {row.non_2xx + row.socket_errors} | "
+                     f"{_ratio(row.redis_per_request)} | {_cpu(row.agent_cpu_us)} | "
+                     f"{_cpu(row.haproxy_cpu_us)} | {_cpu(row.redis_cpu_us)} |")
         if c_agent_missing and row.kind == "native":
-            lines.append(f"| {C_AGENT_ROW}: not run (--c-agent PATH, see bench/README.md) "
-                         "| - | - | - | - | - | - | - |")
+            lines += [f"| {plan.name}: not run (--c-agent PATH, see bench/README.md) "
+                      f"|{' - |' * 11}" for plan in c_agent_plans()]
     return "\n".join(lines)
 
 
@@ -787,14 +912,15 @@ def fixed_rate_markdown(results: list[FixedRate]) -> str:
 def targets(rows: list[Row], fixed: list[FixedRate]) -> list[str]:
     """The issue's targets, against what this run measured."""
     out = []
-    c_agent = next((row for row in rows if row.kind == "c-agent"), None)
+    c_agent = reference_row(rows)
     full = [row for row in rows if row.kind == "agent" and row.limits]
     if c_agent is None:
         out.append("full path / C example agent: not measured (no --c-agent)")
     else:
         for row in full:
             ratio = row.requests_per_s / c_agent.requests_per_s
-            out.append(f"{row.name} / C example agent: {ratio:.2f} (target >= 0.50)")
+            out.append(f"{row.name} / C example agent with pipelining: {ratio:.2f} "
+                       "(target >= 0.50)")
     half = len(fixed) // 2
     for plain, agent in zip(fixed[:half], fixed[half:], strict=True):
         added = agent.p50_ms - plain.p50_ms
@@ -830,7 +956,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--c-agent", default=os.environ.get("SPOA_BENCH_C_AGENT"),
                         metavar="COMMAND",
                         help="HAProxy's C example agent (spoa), built outside this repository, "
-                             "with any options of its own; '-p PORT' is added "
+                             "with any options of its own; '-p PORT' is added, and "
+                             "'-c pipelining' for the reference row "
                              "(env SPOA_BENCH_C_AGENT; see bench/README.md)")
     parser.add_argument("--soak", type=int, default=None, metavar="SECONDS",
                         help="only a soak: the full agent path under wrk for SECONDS, "
@@ -847,6 +974,10 @@ def main(argv: list[str] | None = None) -> int:
     if c_agent and not os.access(c_agent[0], os.X_OK):
         print(f"error: --c-agent {c_agent[0]}: not an executable (see bench/README.md)",
               file=sys.stderr)
+        return 2
+    if c_agent and "pipelining" in c_agent:
+        print("error: --c-agent: leave '-c pipelining' out; the bench runs the agent with it "
+              "(the reference row) and without it", file=sys.stderr)
         return 2
     keys = Path(tempfile.mkdtemp(prefix="spoa-bench-"))
     try:
@@ -907,7 +1038,7 @@ def run_all(args: argparse.Namespace, setup: Setup) -> int:
     plans = [
         Plan("HAProxy answers itself (ceiling)", kind="ceiling"),
         Plan("HAProxy jwt_verify (RS256) + 3 stick-table limits (native)", kind="native"),
-        *([Plan(C_AGENT_ROW, kind="c-agent")] if setup.c_agent else []),
+        *(c_agent_plans() if setup.c_agent else []),
         Plan("SPOE + agent, trivial handler (routes only)"),
         Plan("SPOE + agent, cached API key + route, no limits", credential="key"),
         Plan("SPOE + agent, cached key + route + 3 limits, 1 worker", credential="key",
@@ -924,18 +1055,20 @@ def run_all(args: argparse.Namespace, setup: Setup) -> int:
                               args.connections))
     ceiling = rows[0].requests_per_s
     native = next(row.requests_per_s for row in rows if row.kind == "native")
+    c_row = reference_row(rows)
     for row in rows:
         row.ratio = row.requests_per_s / ceiling if ceiling else 0.0
         row.ratio_to_native = row.requests_per_s / native if native else None
+        if c_row is not None and c_row.requests_per_s:
+            row.ratio_to_c_agent = row.requests_per_s / c_row.requests_per_s
 
-    c_row = next((row for row in rows if row.kind == "c-agent"), None)
     base = c_row.requests_per_s if c_row else ISSUE_C_AGENT_RPS
     rates = [base / 2, base / 4]
     full = next(row for row in rows if row.kind == "agent" and row.credential == "key"
                 and row.limits and row.workers == 1)
     rates.append(full.requests_per_s / 2)
     print(f"\nfixed rates (open loop, bench/openloop.py, -c{args.connections}): half and a "
-          f"quarter of the C example agent's req/s "
+          f"quarter of the C example agent's req/s with pipelining "
           f"({'measured' if c_row else 'the issue figure'}: {base:,.0f}), and half the full "
           f"path's own", flush=True)
     fixed, notes = bench_fixed_rates(rates, setup, args.duration, args.connections)
