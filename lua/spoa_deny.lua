@@ -11,8 +11,7 @@
 --   http-response lua.spoa-ratelimit-headers            (allowed answers)
 -- The service reads the agent's variables (txn.spoa.*) and, for refusals
 -- HAProxy makes without the agent, txn.gateway_deny (banned,
--- too_many_in_flight, too_many_auth_failures) and the seconds to wait in
--- txn.gateway_retry_after. It never sees a credential: haproxy.cfg passes
+-- too_many_in_flight). It never sees a credential: haproxy.cfg passes
 -- secrets to the agent only, so no message can echo one.
 --
 -- Runs on Lua 5.3 and 5.4. The helpers are pure and tested under plain Lua
@@ -75,8 +74,6 @@ local REASONS = {
     "rate limit reached for this API key or address: retry in %s s" },
   too_many_in_flight = { 429, "too_many_in_flight",
     "too many requests in flight for this API key: retry when one finishes" },
-  too_many_auth_failures = { 429, "too_many_auth_failures",
-    "too many requests with an invalid API key from this address: retry in %s s" },
   too_many_key_checks = { 429, "too_many_key_checks",
     "too many different API keys from this address at once: retry in %s s" },
 }
@@ -234,9 +231,6 @@ function M.read_vars(get_var, names)
     vars[name] = get_var("txn.spoa." .. name)
   end
   vars.deny = get_var("txn.gateway_deny")
-  if vars.deny then
-    vars.retry_after = get_var("txn.gateway_retry_after") or vars.retry_after
-  end
   return vars
 end
 

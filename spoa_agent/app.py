@@ -32,7 +32,7 @@ from spoa_agent.policy import Decision, RouteTable
 from spoa_agent.policy.access import check_access
 from spoa_agent.policy.routes import refuse
 from spoa_agent.ratelimit.limiter import RateLimiter, Verdict
-from spoa_agent.ratelimit.limits import Limit
+from spoa_agent.ratelimit.limits import Limit, OnRedisError
 from spoa_agent.ratelimit.plan import plan_limits
 from spoa_agent.reasons import Reason
 from spoa_agent.request import CheckRequest
@@ -264,7 +264,8 @@ def build_agent(config: Config, log: Any) -> Agent:
             clients.extend((lookup.client, events))
             authenticator.lookup = lookup
             background.append(asyncio.get_running_loop().create_task(
-                follow_changes(events, authenticator.key_changed, log)))
+                follow_changes(events, authenticator.key_changed, log, forget_while_deaf=(
+                    config.auth.on_redis_error is OnRedisError.CLOSED))))
         limiter_client = async_client(config.redis.url, rl.redis_timeout, config.redis.password)
         clients.append(limiter_client)
         checker.limiter = RateLimiter(limiter_client, log,

@@ -201,7 +201,8 @@ def _redis(reader: _Reader, data: Mapping[str, Any]) -> RedisConfig:
 def _auth(reader: _Reader, data: Mapping[str, Any], jwt: Mapping[str, Any]) -> AuthSettings:
     d = AuthSettings()
     reader.unknown(data, {"required", "key_prefix", "cache_size", "cache_ttl", "failure_ttl",
-                          "argon2_workers", "argon2_max_pending", "argon2", "scopes"}, "auth")
+                          "argon2_workers", "argon2_max_pending", "argon2_per_source",
+                          "argon2", "scopes", "on_redis_error"}, "auth")
     required = data.get("required", d.required)
     if not isinstance(required, bool):
         reader.problem("auth.required", "must be true or false")
@@ -249,6 +250,10 @@ def _auth(reader: _Reader, data: Mapping[str, Any], jwt: Mapping[str, Any]) -> A
         argon2_workers=reader.integer(data, "argon2_workers", "auth", d.argon2_workers, 1, 64),
         argon2_max_pending=reader.integer(data, "argon2_max_pending", "auth",
                                           d.argon2_max_pending, 1, 100_000),
+        argon2_per_source=reader.integer(data, "argon2_per_source", "auth",
+                                         d.argon2_per_source, 1, 100_000),
+        on_redis_error=_on_error(reader, data.get("on_redis_error"), "auth.on_redis_error",
+                                 d.on_redis_error),
         issuers=tuple(issuers),
     )
 

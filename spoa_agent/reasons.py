@@ -78,9 +78,9 @@ class Reason(StrEnum):
     RATELIMIT_UNAVAILABLE = "ratelimit_unavailable", 503, "temporarily_unavailable"
 
 
-# Refusals HAProxy makes by itself (haproxy.cfg's txn.gateway_deny): the agent
-# never answers with these, but they share the Lua's table.
+# Refusals HAProxy makes by itself (haproxy.cfg's txn.gateway_deny), rendered
+# by the same Lua; too_many_auth_failures is answered natively by haproxy.cfg
+# (a flood's waves) with the same status and code.
 HAPROXY_REASONS = {"banned": (403, "address_banned"),
                    "agent_unavailable": (503, "agent_unavailable"),
-                   "too_many_in_flight": (429, "too_many_in_flight"),
-                   "too_many_auth_failures": (429, "too_many_auth_failures")}
+                   "too_many_in_flight": (429, "too_many_in_flight")}

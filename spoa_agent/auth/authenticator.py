@@ -30,6 +30,7 @@ from spoa_agent.auth.jwt import IssuerConfig, JwtVerifier
 from spoa_agent.auth.keys import KeyFormatError, looks_like_key, parse_key
 from spoa_agent.auth.principal import AuthFailure, Principal
 from spoa_agent.cache import TtlLru
+from spoa_agent.ratelimit.limits import OnRedisError
 from spoa_agent.reasons import Reason
 from spoa_agent.store.tokens import KeyLookup, KeyRecord
 
@@ -60,6 +61,10 @@ class AuthSettings:
     # take the whole queue from everyone else. Requests for a key already being
     # checked join that check and do not count.
     argon2_per_source: int = 2
+    # Redis unreachable (no change announcements can arrive): CLOSED trusts
+    # no cached key beyond about a second, so a revocation made meanwhile
+    # still wins; OPEN keeps cached keys for cache_ttl, for availability.
+    on_redis_error: OnRedisError = OnRedisError.CLOSED
     issuers: tuple[IssuerConfig, ...] = ()
 
 

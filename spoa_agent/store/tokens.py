@@ -200,6 +200,7 @@ async def follow_changes(
     retry_at_most: float = 5.0,
     heartbeat: float = HEARTBEAT,
     live_for: float = LIVE_FOR,
+    forget_while_deaf: bool = True,
 ) -> None:
     """Call on_change(key_id) for every announced change, for ever.
 
@@ -210,11 +211,14 @@ async def follow_changes(
     and every `heartbeat` while the subscription is down or silent, since
     announcements made while we were not listening are lost. While Redis is
     away, retries back off from `retry_every` to `retry_at_most` seconds and
-    only the first failure is logged.
+    only the first failure is logged. With `forget_while_deaf` False, only
+    a (re)subscription forgets: what was cached stays trusted meanwhile
+    (auth.on_redis_error = "open").
     """
     loop = asyncio.get_running_loop()
     heard: list[float | None] = [None]  # last sign of a live subscription; None: none yet
-    watchdog = loop.create_task(_forget_while_deaf(on_change, heard, heartbeat, live_for))
+    watchdog = loop.create_task(_forget_while_deaf(
+        on_change if forget_while_deaf else _ignore, heard, heartbeat, live_for))
     delay = retry_every
     failing = False
     try:
@@ -246,11 +250,16 @@ async def follow_changes(
                     log.warning("key_events_lost", error=str(err))
                 failing = True
             heard[0] = None
-            on_change(None)
+            if forget_while_deaf:
+                on_change(None)
             await asyncio.sleep(delay)
             delay = min(delay * 2, retry_at_most)
     finally:
         watchdog.cancel()
+
+
+def _ignore(key_id: str | None) -> None:
+    pass
 
 
 async def _forget_while_deaf(on_change: Callable[[str | None], None], heard: list[float | None],

@@ -43,6 +43,13 @@ def test_address_failing_too_often_is_refused_before_the_agent(gw: Gateway, key:
     time.sleep(0.2)
     seen = agent_lines_from(gw, FLOODER)
     assert seen >= LIMIT - 2
+    # Each API dialect gets its own body, as from the Lua service.
+    for path, headers in (("/v1/messages", {}), ("/v1/models", {"anthropic-version": "1"}),
+                          ("/api/tags", {}), ("/v1/models", {})):
+        status, headers, body = request(gw, "GET", path, headers, source=FLOODER)
+        error = json.loads(body)["error"]
+        assert status == 429 and headers["cache-control"] == "no-store"
+        assert isinstance(error, str) if path.startswith("/api/") else "message" in error
     # Refused by HAProxy, even with a valid key: the agent hears nothing more.
     assert request(gw, "GET", "/api/tags", bearer(key), source=FLOODER)[0] == 429
     assert request(gw, "GET", "/api/tags", bearer(wrong_key()), source=FLOODER)[0] == 429

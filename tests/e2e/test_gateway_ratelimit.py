@@ -38,8 +38,11 @@ def test_exactly_ten_of_two_hundred_then_one_more(haproxy: str, tmp_path: Path) 
 @pytest.mark.parametrize("mode", ["closed", "open"])
 def test_redis_dies_and_returns(haproxy: str, tmp_path: Path, mode: str) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text(EXAMPLE_CONFIG.read_text().replace(
-        'on_redis_error = "closed"', f'on_redis_error = "{mode}"', 1))
+    # Both the keys' and the limits' failure mode: "open" keeps serving
+    # cached keys and admits; "closed" refuses with 503.
+    text = EXAMPLE_CONFIG.read_text()
+    assert text.count('on_redis_error = "closed"') == 2
+    config.write_text(text.replace('on_redis_error = "closed"', f'on_redis_error = "{mode}"'))
     with gateway(tmp_path, haproxy, config, persistent_redis=True) as gw:
         key = str(create_key(gw, "--name", "steady", "--rate", "1000/m")["token"])
         assert request(gw, "GET", "/api/tags", bearer(key))[0] == 200  # key now cached
@@ -55,6 +58,9 @@ def test_redis_dies_and_returns(haproxy: str, tmp_path: Path, mode: str) -> None
         # out the 250 ms Redis timeout (the median, so that one stall of a
         # loaded machine does not decide).
         assert statistics.median(took) < 0.125, f"{took} s per request while Redis is down"
+        # Past the second in which "closed" still trusts a cached key.
+        time.sleep(2)
+        assert request(gw, "GET", "/api/tags", bearer(key))[0] == expected
         assert gw.processes["agent"].popen.poll() is None
         gw.start_redis(persistent=True)
         back = time.monotonic()

@@ -67,11 +67,6 @@ eq(d[1], 429, "unknown reason falls back on its status")
 assert(d[3]:find("retry in 3 s", 1, true), "fallback 429 message")
 d = denial({ decision = "deny", status = 418, reason = "odd" })
 eq(d[1], 403, "unknown status falls back on 403")
-d = denial({ deny = "too_many_auth_failures", retry_after = "10" })
-eq(d[1], 429, "an address over its failed-credential rate, refused by HAProxy")
-eq(d[2], "too_many_auth_failures", "too many failures code")
-assert(d[3]:find("invalid API key", 1, true) and d[3]:find("retry in 10 s", 1, true),
-       "too many failures message")
 d = denial({ decision = "deny", status = 429, reason = "too_many_key_checks" })
 eq(d[2], "too_many_key_checks", "too many key checks at once code")
 assert(d[3]:find("retry in 1 s", 1, true), "too many key checks: retry in a second")
@@ -104,15 +99,6 @@ local seen = {}
 local vars = M.read_vars(function(name) seen[#seen + 1] = name; return name end, { "status" })
 eq(vars.status, "txn.spoa.status", "agent variable name")
 eq(vars.deny, "txn.gateway_deny", "gateway variable name")
-eq(vars.retry_after, "txn.gateway_retry_after", "HAProxy's own refusals: its Retry-After")
-local gateway_vars = { ["txn.gateway_deny"] = "too_many_auth_failures",
-                       ["txn.gateway_retry_after"] = "10" }
-vars = M.read_vars(function(name) return gateway_vars[name] end, M.DENIAL_VARS)
-h = M.denial_headers(vars, M.denial(vars))
-eq(header(h, "Retry-After"), "10", "Retry-After of HAProxy's own 429")
-vars = M.read_vars(function(name) return ({ ["txn.spoa.retry_after"] = 7 })[name] end,
-                   M.DENIAL_VARS)
-eq(vars.retry_after, 7, "the agent's Retry-After when HAProxy refused nothing itself")
 
 -- Rendered refusals for Python to parse (every dialect x every reason).
 local json_headers = function(headers)
