@@ -129,9 +129,10 @@ def notify_frame(stream_id: int = 1, frame_id: int = 1) -> bytes:
         "user_agent": "OpenAI/Python 1.40.0",
         "authorization": "Bearer spoa_8SisitSArGki_" + "x" * 32,
         "api_key": None,
-        "model": None,
         "content_length": None,
-        "body_len": 0,
+        "transfer_encoding": None,
+        "content_encoding": None,
+        "body": b"",
     })
     return encode_frame(Notify(stream_id, frame_id, (message,)))
 
@@ -321,26 +322,10 @@ def agent_config(plan: Plan, workdir: Path, issuer: JwtIssuer) -> Path:
 # --- the engine alone ---------------------------------------------------------
 
 
-class _InstantPipeline:
-    def __init__(self) -> None:
-        self.calls: list[int] = []  # limits per script call
-
-    def evalsha(self, _sha: str, numkeys: int, *_keys_and_args: object) -> None:
-        self.calls.append(numkeys)
-
-    async def execute(self, raise_on_error: bool = True) -> list[str]:
-        # gcra.lua's answer: admitted, then remaining, reset and retry per limit.
-        return [" ".join(["1", *["100", "1000000", "0"] * limits]) for limits in self.calls]
-
-
 class _InstantRedis:
-    """Stands in for the limiter's Redis client: every script call admits at
-    once, so the engine is timed without a network round trip. Both shapes
-    of the limiter are served: a pipeline of one gcra.lua call per request,
-    and one gcra_batch.lua call per batch of requests."""
-
-    def pipeline(self, transaction: bool = False) -> _InstantPipeline:
-        return _InstantPipeline()
+    """Stands in for the limiter's Redis client: every script call (one
+    gcra_batch.lua call per batch of requests) admits at once, so the engine
+    is timed without a network round trip."""
 
     async def evalsha(self, _sha: str, _numkeys: int, *keys_and_args: object) -> str:
         # gcra_batch.lua's ARGV[1]: per request "n", then two numbers per limit;
@@ -357,7 +342,7 @@ class _InstantRedis:
 def bench_engine(count: int, issuer: JwtIssuer, workdir: Path) -> dict[str, float]:
     """Decisions per second of the check-request handler alone (the one the
     server registers), in process: no SPOP, no HAProxy, Redis answered at once."""
-    from spoa_agent.app import CHECK_REQUEST, RequestChecker, _measured
+    from spoa_agent.app import CHECK_REQUEST, RequestChecker
     from spoa_agent.config import load_config
     from spoa_agent.ratelimit.limiter import RateLimiter
     from spoa_agent.spop import Value
@@ -383,13 +368,13 @@ def bench_engine(count: int, issuer: JwtIssuer, workdir: Path) -> dict[str, floa
         checker = RequestChecker(config, auth, quiet)
         if plan.limits:
             checker.limiter = RateLimiter(_InstantRedis(), quiet)  # type: ignore[arg-type]
-        handle = _measured(checker)
+        handle = checker
         token = issuer.token if plan.credential == "jwt" else api_key
         args: dict[str, Value] = {
             "ip": IPv4Address("192.0.2.10"), "method": "GET", "host": "gateway.example.com",
             "path": ALLOWED_PATH, "user_agent": "OpenAI/Python 1.40.0",
-            "authorization": f"Bearer {token}", "api_key": None, "model": None,
-            "content_length": None, "body_len": 0,
+            "authorization": f"Bearer {token}", "api_key": None, "content_length": None,
+            "transfer_encoding": None, "content_encoding": None, "body": b"",
         }
         message = Message(CHECK_REQUEST, args)
         rounds = count // 10 if plan.credential == "jwt" else count
