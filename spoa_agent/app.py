@@ -43,6 +43,7 @@ from spoa_agent.store.redis import async_client, close, redacted, subscriber_cli
 from spoa_agent.store.tokens import KeyLookup, follow_changes
 
 CHECK_REQUEST = "check-request"
+PLAN_CACHE_SIZE = 65536  # limit plans kept, (caller, address, rule) each
 # The log action of a refusal, by the step that refused: the client's doing
 # (fail2ban's filter counts some)...
 CLIENT_ACTIONS: dict[Stage, str] = {"auth": "auth_failed", "policy": "policy_denied",
@@ -67,7 +68,7 @@ class _LimitCheck:
 
     decision: Decision
     principal: Principal | None
-    limits: list[Limit]
+    limits: tuple[Limit, ...]
 
 
 Step = Outcome | _KeyCheck | _LimitCheck
@@ -89,6 +90,7 @@ class RequestChecker:
         jwt = JwtVerifier(config.auth.issuers)  # reads key files: may fail, before any change
         self.routes = routes
         self.limits = config.ratelimit
+        self._plans: dict[object, tuple[Limit, ...]] = {}  # of this policy only
         self.log_successes = config.log.successes
         if self.auth is not None:
             self.auth.jwt = jwt
@@ -163,11 +165,24 @@ class RequestChecker:
         if self.limiter is None:
             return Outcome(decision, "allowed", principal,
                            max_in_flight=self._in_flight_for(principal))
-        limits = plan_limits(self.limits, principal, request.ip, decision)
+        limits = self._plan(principal, request.ip, decision)
         verdict = self.limiter.quick(limits)
         if verdict is None:
             return _LimitCheck(decision, principal, limits)
         return self.limited(_LimitCheck(decision, principal, limits), verdict)
+
+    def _plan(self, principal: Principal | None, ip: str,
+              decision: Decision) -> tuple[Limit, ...]:
+        # The same caller from the same address on the same rule gets the
+        # same immutable plan: its limit keys are built once, not per request.
+        key = (principal.kind, principal.id, principal.rate) if principal else None, ip, \
+            decision.rule
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.clear()
+            plan = self._plans[key] = plan_limits(self.limits, principal, ip, decision)
+        return plan
 
     def limited(self, step: _LimitCheck, verdict: Verdict) -> Outcome:
         decision = step.decision

@@ -8,6 +8,7 @@ BINARY, the address as an IP value).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,13 +33,20 @@ class CheckRequest:
         ip = args.get("ip")
         method = _text(args, "method")
         body = args.get("body")
-        return cls(
-            "" if ip is None else str(ip), method, _text(args, "host"), _text(args, "path"),
-            _text(args, "user_agent"), credential(args),
-            BodyFacts(method, _header(args, "content_length"),
-                      _header(args, "transfer_encoding"), _header(args, "content_encoding"),
-                      body if isinstance(body, bytes) else b""),
-        )
+        length, encoding = _header(args, "content_length"), _header(args, "content_encoding")
+        framing = _header(args, "transfer_encoding")
+        if body or length is not None or encoding is not None or framing is not None:
+            facts = BodyFacts(method, length, framing, encoding,
+                              body if isinstance(body, bytes) else b"")
+        else:  # most requests: nothing to tell but the method
+            facts = _no_body(method)
+        return cls("" if ip is None else str(ip), method, _text(args, "host"),
+                   _text(args, "path"), _text(args, "user_agent"), credential(args), facts)
+
+
+@functools.lru_cache(maxsize=64)
+def _no_body(method: str) -> BodyFacts:
+    return BodyFacts(method, None, None, None, b"")
 
 
 def credential(args: Mapping[str, Value]) -> str | Reason:

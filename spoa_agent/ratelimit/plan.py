@@ -14,7 +14,7 @@ _cached_rate = functools.lru_cache(maxsize=1024)(parse_rate)
 
 
 def plan_limits(settings: RateLimitConfig, principal: Principal | None, ip: str,
-                decision: Decision) -> list[Limit]:
+                decision: Decision) -> tuple[Limit, ...]:
     """Every limit that applies: per key, per client address, per route, global."""
     limits = []
     if principal is not None:
@@ -34,4 +34,4 @@ def plan_limits(settings: RateLimitConfig, principal: Principal | None, ip: str,
     if settings.global_ is not None:
         limits.append(Limit("global", limit_key("global", "all"), settings.global_.rate,
                             settings.global_.on_redis_error))
-    return limits
+    return tuple(limits)
