@@ -9,11 +9,16 @@ from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
 import structlog
 
 from spoa_agent import logging as agent_logging
 from spoa_agent.app import RequestChecker
 from spoa_agent.config import load_config
+from spoa_agent.outcome import Outcome, Stage
+from spoa_agent.policy.routes import refuse
+from spoa_agent.reasons import Reason
+from spoa_agent.request import CheckRequest
 from spoa_agent.spop import Message
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agent.example.toml"
@@ -67,3 +72,29 @@ def test_successes_only_when_asked() -> None:
     (line,) = lines_for(request("/api/chat"), successes=True)
     assert list(line)[:4] == FIRST_KEYS
     assert (line["event.action"], line["log.level"]) == ("request_allowed", "info")
+
+
+@pytest.mark.parametrize(("stage", "reason", "action", "level"), [
+    ("auth", Reason.WRONG_SECRET, "auth_failed", "warning"),
+    ("auth", Reason.TOO_MANY_KEY_CHECKS, "auth_failed", "warning"),
+    ("auth", Reason.STORE_UNAVAILABLE, "auth_unavailable", "error"),
+    ("auth", Reason.AUTH_OVERLOADED, "auth_unavailable", "error"),
+    ("policy", Reason.ROUTE_NOT_ALLOWED, "policy_denied", "warning"),
+    ("limit", Reason.RATE_LIMITED, "rate_limited", "warning"),
+    ("limit", Reason.RATELIMIT_UNAVAILABLE, "ratelimit_unavailable", "error"),
+])
+def test_the_gateways_own_trouble_is_never_logged_as_the_clients(
+        stage: Stage, reason: Reason, action: str, level: str) -> None:
+    # fail2ban's filter counts auth_failed and policy_denied (rate_limited in
+    # its aggressive mode), never an *_unavailable action.
+    stream = io.BytesIO()
+    agent_logging.configure("info", stream)  # type: ignore[arg-type]
+    try:
+        checker = RequestChecker(load_config(EXAMPLE, env={}), None, agent_logging.get_logger())
+        checker.finish(Outcome(refuse(reason), stage, key_id="k1"),
+                       CheckRequest.from_args(request("/api/chat")), 0)
+    finally:
+        structlog.reset_defaults()
+    (line,) = [json.loads(raw) for raw in stream.getvalue().splitlines()]
+    assert (line["event.action"], line["log.level"]) == (action, level)
+    assert line["event.reason"] == reason and line["key_id"] == "k1"
