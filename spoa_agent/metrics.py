@@ -43,8 +43,8 @@ KEY_CACHE = Counter("spoa_key_cache", "API key lookups, by cache result", ["resu
 ARGON2 = Counter("spoa_argon2_verifications", "argon2id verifications run",
                  registry=REGISTRY)
 REDIS_CALLS = Counter("spoa_redis_calls", "Redis calls on the request path, by purpose "
-                      "(keys: a key lookup; ratelimit: one script call)", ["purpose"],
-                      registry=REGISTRY)
+                      "(keys: a key lookup; ratelimit: one script call per batch of "
+                      "requests)", ["purpose"], registry=REGISTRY)
 REDIS_ERRORS = Counter("spoa_redis_errors", "Failed Redis calls, by purpose", ["purpose"],
                        registry=REGISTRY)
 BREAKER_OPEN = Gauge("spoa_ratelimit_breaker_open", "1 while the rate limiter does not "

@@ -14,11 +14,11 @@ from typing import Literal
 from spoa_agent.auth.principal import Principal
 from spoa_agent.policy.routes import Decision
 from spoa_agent.ratelimit.limiter import UNLIMITED, Verdict
-from spoa_agent.spop import Action, SetVar
+from spoa_agent.spop import Action, Encoded, SetVar
 
 # The step that decided: who the caller is, what it may do, how often.
 Stage = Literal["auth", "policy", "limit", "allowed"]
-OWN_LOGIN = (SetVar("own_login", True),)  # haproxy.cfg keeps the credentials
+OWN_LOGIN = (Encoded((SetVar("own_login", True),)),)  # haproxy.cfg keeps the credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +60,15 @@ def render(outcome: Outcome) -> tuple[Action, ...]:
 
 @functools.lru_cache(maxsize=1024)
 def decision_vars(allowed: bool, status: int, reason: str, rule: str) -> tuple[Action, ...]:
-    """What haproxy.cfg decides on. Cached: decisions are few (rule, outcome)
-    pairs and their variables immutable, so each is built once."""
-    return (SetVar("decision", "allow" if allowed else "deny"), SetVar("status", status),
-            SetVar("reason", str(reason)), SetVar("rule", rule))
+    """What haproxy.cfg decides on. Cached, and encoded once: decisions are
+    few (rule, outcome) pairs and their variables immutable."""
+    return (Encoded((SetVar("decision", "allow" if allowed else "deny"),
+                     SetVar("status", status), SetVar("reason", str(reason)),
+                     SetVar("rule", rule))),)
 
 
 @functools.lru_cache(maxsize=4096)
 def principal_vars(principal: Principal) -> tuple[Action, ...]:
     """Who asked: haproxy.cfg passes `principal` upstream as X-Spoa-Principal."""
-    return (SetVar("principal", principal.name), SetVar("principal_id", principal.id))
+    return (Encoded((SetVar("principal", principal.name),
+                     SetVar("principal_id", principal.id))),)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from spoa_agent import metrics
 from spoa_agent.server.agent import Agent
 from spoa_agent.server.protocol import SpopProtocol
 from spoa_agent.server.settings import ServerConfig
@@ -42,6 +43,8 @@ async def serve(
     for hook in agent.startup:
         await hook()
     connections: set[SpopProtocol] = set()
+    # Read when Prometheus asks, not counted per request.
+    metrics.IN_FLIGHT.set_function(lambda: sum(c.in_flight for c in list(connections)))
 
     def make_protocol() -> SpopProtocol:
         protocol = SpopProtocol(agent, settings, log, connections.discard)

@@ -148,9 +148,7 @@ class SpopProtocol(asyncio.Protocol):
             self._hello_timer.cancel()
         for task in self.tasks:
             task.cancel()  # their ACKs have nowhere to go
-        if self._waiting:
-            metrics.IN_FLIGHT.dec(len(self._waiting))
-            self._waiting.clear()  # their answers will find nothing to fill
+        self._waiting.clear()  # their answers will find nothing to fill
         if self._sweeper is not None:
             self._sweeper.cancel()
         if not self.drained.done():
@@ -248,7 +246,6 @@ class SpopProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._finish(notify, actions, pending))
         self.tasks.add(task)
-        metrics.IN_FLIGHT.inc()
         task.add_done_callback(self._task_done)
         # One deadline for the whole NOTIFY, as HAProxy's `timeout processing`
         # has: a plain timer that cancels the task costs a fraction of an
@@ -260,7 +257,6 @@ class SpopProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         waiting = _Waiting(notify, actions, len(later), loop.time())
         self._waiting[waiting] = None
-        metrics.IN_FLIGHT.inc()
         if self._sweeper is None:
             self._sweeper = loop.call_at(waiting.started + self.settings.handler_timeout,
                                          self._sweep)
@@ -278,7 +274,6 @@ class SpopProtocol(asyncio.Protocol):
 
     def _done_waiting(self, waiting: _Waiting) -> None:
         del self._waiting[waiting]
-        metrics.IN_FLIGHT.dec()
         self._send_ack(waiting.notify, waiting.actions)
         self._settled()
 
@@ -326,7 +321,6 @@ class SpopProtocol(asyncio.Protocol):
             deadline.cancel()
         self._expired.discard(task)
         self.tasks.discard(task)
-        metrics.IN_FLIGHT.dec()
         self._settled()
 
     def _settled(self) -> None:

@@ -18,6 +18,7 @@ from spoa_agent.spop.frames import (
     Action,
     AgentDisconnect,
     AgentHello,
+    Encoded,
     Frame,
     HaproxyDisconnect,
     HaproxyHello,
@@ -32,7 +33,7 @@ from spoa_agent.spop.frames import (
 __all__ = [
     "CLOSED", "DEFAULT_MAX_FRAME_SIZE", "MIN_FRAME_SIZE", "NEED_DATA", "SPOP_VERSION",
     "Ack", "Action", "AgentConnection", "AgentDisconnect", "AgentHello", "Closed",
-    "DataType", "Frame", "FrameFlags", "FrameType", "HaproxyDisconnect", "HaproxyHello",
+    "DataType", "Encoded", "Frame", "FrameFlags", "FrameType", "HaproxyDisconnect", "HaproxyHello",
     "Message", "NeedData", "Notify", "Scope", "SetVar", "SpopError", "State", "Status",
     "UnsetVar", "Value", "decode_frame", "decode_value", "decode_varint", "encode_frame",
     "encode_value", "encode_varint",

@@ -109,7 +109,19 @@ class UnsetVar:
             raise ValueError("a variable needs a name")
 
 
-Action = SetVar | UnsetVar
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Actions encoded once, for answers that repeat (an agent's decision
+    variables): an ACK copies their bytes instead of encoding them again."""
+
+    actions: tuple[SetVar | UnsetVar, ...]
+    data: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", b"".join(encode_action(a) for a in self.actions))
+
+
+Action = SetVar | UnsetVar | Encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +191,8 @@ def _encode_notify(ev: Notify) -> bytes:
 
 
 def encode_action(action: Action) -> bytes:
+    if type(action) is Encoded:
+        return action.data
     # Agents answer with the same few variables over and over (decision,
     # status, reason): their bytes are cached instead of rebuilt for every
     # ACK. The value's type is part of the key because True == 1.
