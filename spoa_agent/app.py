@@ -18,7 +18,7 @@ import ipaddress
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -54,16 +54,14 @@ GATEWAY_ACTIONS: dict[Stage, str] = {"auth": "auth_unavailable",
                                      "limit": "ratelimit_unavailable"}
 
 
-@dataclass(frozen=True, slots=True)
-class _KeyCheck:
+class _KeyCheck(NamedTuple):
     """Next: the key's Redis lookup and argon2id check (quick() had no answer)."""
 
     decision: Decision
     token: str
 
 
-@dataclass(frozen=True, slots=True)
-class _LimitCheck:
+class _LimitCheck(NamedTuple):
     """Next: these limits, in Redis (the over-limit cache had no answer)."""
 
     decision: Decision

@@ -8,8 +8,7 @@ metrics and `spoa-agent check` read the Outcome itself, never the variables.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from spoa_agent.auth.principal import Principal
 from spoa_agent.policy.routes import Decision
@@ -21,8 +20,7 @@ Stage = Literal["auth", "policy", "limit", "allowed"]
 OWN_LOGIN = (Encoded((SetVar("own_login", True),)),)  # haproxy.cfg keeps the credentials
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):  # a tuple: built for every request, cheaply
     decision: Decision  # allowed, status, reason, rule, detail
     stage: Stage
     principal: Principal | None = None

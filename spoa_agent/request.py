@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from spoa_agent.auth.authenticator import MAX_CREDENTIAL
 from spoa_agent.policy.body import BodyFacts
@@ -18,30 +18,41 @@ from spoa_agent.reasons import Reason
 from spoa_agent.spop import Value
 
 
-@dataclass(frozen=True, slots=True)
-class CheckRequest:
+class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
     ip: str  # HAProxy's `src`, never a header
     method: str
     host: str  # haproxy.cfg's txn.host: lower case, no port
     path: str
     user_agent: str
-    credential: str | Reason  # the token, or why there is none usable
+    authorization: str | None  # the headers, as sent (cut at MAX_CREDENTIAL + 1)
+    api_key: str | None
     body: BodyFacts
+
+    @property
+    def credential(self) -> str | Reason:
+        """The token, or why there is none usable (read only where a key is asked for)."""
+        return _token(self.authorization, self.api_key)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Value]) -> CheckRequest:
-        ip = args.get("ip")
-        method = _text(args, "method")
-        body = args.get("body")
-        length, encoding = _header(args, "content_length"), _header(args, "content_encoding")
-        framing = _header(args, "transfer_encoding")
+        get = args.get
+        ip, method, body = get("ip"), get("method"), get("body")
+        method = method if type(method) is str else ""
+        length, framing = _header(get("content_length")), _header(get("transfer_encoding"))
+        encoding = _header(get("content_encoding"))
         if body or length is not None or encoding is not None or framing is not None:
             facts = BodyFacts(method, length, framing, encoding,
-                              body if isinstance(body, bytes) else b"")
+                              body if type(body) is bytes else b"")
         else:  # most requests: nothing to tell but the method
             facts = _no_body(method)
-        return cls("" if ip is None else str(ip), method, _text(args, "host"),
-                   _text(args, "path"), _text(args, "user_agent"), credential(args), facts)
+        host, path, agent = get("host"), get("path"), get("user_agent")
+        return cls("" if ip is None else _ip_text(ip), method, host if type(host) is str else "",
+                   path if type(path) is str else "", agent if type(agent) is str else "",
+                   _header(get("authorization")), _header(get("api_key")), facts)
+
+
+# Formatting an address costs more than looking it up: the same clients come back.
+_ip_text = functools.lru_cache(maxsize=65536)(str)
 
 
 @functools.lru_cache(maxsize=64)
@@ -51,8 +62,10 @@ def _no_body(method: str) -> BodyFacts:
 
 def credential(args: Mapping[str, Value]) -> str | Reason:
     """The token from `Authorization: Bearer` or `x-api-key`, or why there is none."""
-    authorization = _header(args, "authorization")
-    api_key = _header(args, "api_key")
+    return _token(_header(args.get("authorization")), _header(args.get("api_key")))
+
+
+def _token(authorization: str | None, api_key: str | None) -> str | Reason:
     raw = authorization if authorization is not None else api_key
     if raw is None:
         return Reason.MISSING_CREDENTIAL
@@ -66,15 +79,11 @@ def credential(args: Mapping[str, Value]) -> str | Reason:
     return token.strip() or Reason.MALFORMED_CREDENTIAL
 
 
-def _text(args: Mapping[str, Value], key: str) -> str:
-    value = args.get(key)
-    return value if isinstance(value, str) else ""
-
-
-def _header(args: Mapping[str, Value], key: str) -> str | None:
+def _header(value: Value) -> str | None:
     # HAProxy sends NULL for a header the request does not have, and BINARY
     # once the `bytes()` converter has cut it (spoe-agent.conf).
-    value = args.get(key)
-    if isinstance(value, bytes):
+    if type(value) is str:
+        return value
+    if type(value) is bytes:
         return value.decode("utf-8", "surrogateescape")
-    return value if isinstance(value, str) else None
+    return None

@@ -20,8 +20,12 @@ def plan_limits(settings: RateLimitConfig, principal: Principal | None, ip: str,
     if principal is not None:
         key = limit_key(principal.kind, principal.id)
         if principal.rate:
-            limits.append(Limit("key", key, _cached_rate(principal.rate),
-                                settings.on_redis_error))
+            # Its own rate names its own state: a key whose rate is changed
+            # starts afresh under the new one, instead of waiting out what it
+            # was charged under the old (a request at 120/m leaves 0.5 s of
+            # state, which a new 500/s would read as 250 requests' worth).
+            limits.append(Limit("key", f"{key}@{principal.rate}",
+                                _cached_rate(principal.rate), settings.on_redis_error))
         elif settings.per_key is not None:
             limits.append(Limit("key", key, settings.per_key.rate,
                                 settings.per_key.on_redis_error))
