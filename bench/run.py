@@ -95,6 +95,7 @@ from spoa_agent.spop import (
     Message,
     Notify,
     SetVar,
+    decode_frame,
     encode_frame,
 )
 from spoa_agent.store.tokens import KeyRecord
@@ -416,9 +417,12 @@ def _decisions_per_s(handle: Handler, message: Message, rounds: int) -> float:
         return await result
 
     async def all_rounds() -> float:
-        answer = await first()
-        if not (isinstance(answer[0], SetVar) and answer[0].value == "allow"):
-            raise RuntimeError(f"the engine did not allow the bench request: {answer}")
+        # As HAProxy reads it: the answer's variables through the codec.
+        ack = decode_frame(encode_frame(Ack(1, 1, tuple(await first())))[4:])
+        assert isinstance(ack, Ack)
+        variables = {a.name: a.value for a in ack.actions if isinstance(a, SetVar)}
+        if variables.get("decision") != "allow":
+            raise RuntimeError(f"the engine did not allow the bench request: {variables}")
         start = time.perf_counter()
         for _ in range(rounds // 64):
             laters: list[Later] = []
