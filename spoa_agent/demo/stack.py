@@ -236,6 +236,13 @@ class Gateway:
         self.processes[name] = proc
         return proc
 
+    def start_openwebui(self) -> Process:
+        """A second upstream, named "openwebui", as haproxy.cfg's OpenWebUI
+        backend (hosts.map sends chat.example.com there); before HAProxy."""
+        port = free_port()
+        self.haproxy_extra_env["OPENWEBUI_ADDR"] = f"127.0.0.1:{port}"
+        return self.start_upstream("openwebui", port)
+
     def upstream_requests(self, name: str = "upstream") -> list[dict[str, Any]]:
         """What reached the upstream so far, oldest first (see start_upstream)."""
         path = self.workdir / f"{name}-requests.jsonl"

@@ -120,8 +120,12 @@ class SpopProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
-        # ACKs answered inline while handling this chunk leave in one write
-        # (one syscall instead of one per frame); frames are never split.
+        self._pump_and_write()
+
+    def _pump_and_write(self) -> None:
+        # ACKs answered inline while handling the buffered frames leave in
+        # one write (one syscall instead of one per frame); frames are never
+        # split.
         if self._batch is None:
             self._batch = []
         try:
@@ -380,12 +384,7 @@ class SpopProtocol(asyncio.Protocol):
         self._resume_queued = False
         if self.transport is None or self.transport.is_closing():
             return
-        if self._batch is None:
-            self._batch = []
-        try:
-            self._pump()
-        finally:
-            self._flush()
+        self._pump_and_write()
 
     def drain(self) -> None:
         """Finish what is in flight, then say goodbye (SIGTERM)."""

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from spoa_agent.app import explain
 from spoa_agent.config import Config, load_config
-from spoa_agent.demo.stack import Gateway, free_port
+from spoa_agent.demo.stack import Gateway
 from tests.conftest import EXAMPLE_CONFIG, OWN_LOGIN_ROUTE, haproxy_params
 from tests.e2e.test_gate_integrity import SMALL_BODY_ROUTE
 
@@ -55,12 +55,10 @@ def differential(request: pytest.FixtureRequest,
         'url = "redis://127.0.0.1:6379/0"', f'url = "{gw.redis_url}"')
     config_path = workdir / "agent.toml"
     config_path.write_text(text)
-    webui = free_port()
-    gw.haproxy_extra_env["OPENWEBUI_ADDR"] = f"127.0.0.1:{webui}"
     try:
         gw.start_redis()
         gw.start_upstream()
-        gw.start_upstream("openwebui", webui)
+        gw.start_openwebui()
         gw.start_agent(config_path)
         gw.start_haproxy(str(request.param))
         tokens: dict[str, str | None] = {"none": None}

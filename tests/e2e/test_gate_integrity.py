@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from spoa_agent.demo.stack import Gateway, free_port
+from spoa_agent.demo.stack import Gateway
 from tests.conftest import EXAMPLE_CONFIG, OWN_LOGIN_ROUTE
 from tests.e2e.client import bearer, request
 from tests.e2e.conftest import create_key
@@ -38,12 +38,10 @@ def gate(haproxy: str, tmp_path: Path) -> Iterator[Gateway]:
     config.write_text(EXAMPLE_CONFIG.read_text() + OWN_LOGIN_ROUTE + SMALL_BODY_ROUTE)
     gw = Gateway(tmp_path / "gw")
     gw.workdir.mkdir()
-    webui_port = free_port()
-    gw.haproxy_extra_env["OPENWEBUI_ADDR"] = f"127.0.0.1:{webui_port}"
     try:
         gw.start_redis()
         gw.start_upstream()
-        gw.start_upstream("openwebui", webui_port)
+        gw.start_openwebui()
         gw.start_agent(config)
         gw.start_haproxy(haproxy)
         yield gw
