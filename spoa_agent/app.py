@@ -179,7 +179,11 @@ class RequestChecker:
         if plan is None:
             if len(self._plans) >= PLAN_CACHE_SIZE:
                 self._plans.clear()
-            plan = self._plans[key] = plan_limits(self.limits, principal, ip, decision)
+            route = decision.route
+            plan = self._plans[key] = plan_limits(
+                self.limits, (principal.kind, principal.id) if principal else None,
+                principal.rate if principal else None, ip, decision.rule,
+                route.rate if route is not None else None)
         return plan
 
     def limited(self, step: _LimitCheck, verdict: Verdict) -> Outcome:

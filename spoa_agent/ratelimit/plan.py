@@ -4,36 +4,37 @@ from __future__ import annotations
 
 import functools
 
-from spoa_agent.auth.principal import Principal
-from spoa_agent.policy.routes import Decision
 from spoa_agent.ratelimit.limiter import limit_key
-from spoa_agent.ratelimit.limits import Limit, parse_rate
+from spoa_agent.ratelimit.limits import Limit, Rate, parse_rate
 from spoa_agent.ratelimit.settings import RateLimitConfig
 
 _cached_rate = functools.lru_cache(maxsize=1024)(parse_rate)
 
 
-def plan_limits(settings: RateLimitConfig, principal: Principal | None, ip: str,
-                decision: Decision) -> tuple[Limit, ...]:
-    """Every limit that applies: per key, per client address, per route, global."""
+def plan_limits(settings: RateLimitConfig, caller: tuple[str, str] | None,
+                caller_rate: str | None, ip: str, rule: str,
+                route_rate: Rate | None) -> tuple[Limit, ...]:
+    """Every limit that applies: per caller (kind and id of a key or a JWT
+    subject, with its own rate if it has one), per client address, per route
+    (`rule`, when its route has a rate), global."""
     limits = []
-    if principal is not None:
-        key = limit_key(principal.kind, principal.id)
-        if principal.rate:
+    if caller is not None:
+        key = limit_key(*caller)
+        if caller_rate:
             # Its own rate names its own state: a key whose rate is changed
             # starts afresh under the new one, instead of waiting out what it
             # was charged under the old (a request at 120/m leaves 0.5 s of
             # state, which a new 500/s would read as 250 requests' worth).
-            limits.append(Limit("key", f"{key}@{principal.rate}",
-                                _cached_rate(principal.rate), settings.on_redis_error))
+            limits.append(Limit("key", f"{key}@{caller_rate}", _cached_rate(caller_rate),
+                                settings.on_redis_error))
         elif settings.per_key is not None:
             limits.append(Limit("key", key, settings.per_key.rate,
                                 settings.per_key.on_redis_error))
     if settings.per_ip is not None and ip:
         limits.append(Limit("ip", limit_key("ip", ip), settings.per_ip.rate,
                             settings.per_ip.on_redis_error))
-    if decision.route is not None and decision.route.rate is not None:
-        limits.append(Limit("route", limit_key("route", decision.rule), decision.route.rate,
+    if route_rate is not None:
+        limits.append(Limit("route", limit_key("route", rule), route_rate,
                             settings.on_redis_error))
     if settings.global_ is not None:
         limits.append(Limit("global", limit_key("global", "all"), settings.global_.rate,

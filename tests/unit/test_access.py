@@ -65,11 +65,11 @@ def test_access(path: str, principal: Principal | None, facts: BodyFacts, expect
 def test_limits_planned_for_key_address_route_and_everyone() -> None:
     spec = LimitSpec(parse_rate("60/m"), OnRedisError.OPEN)
     settings = RateLimitConfig(per_key=spec, per_ip=spec, global_=spec)
-    admin = TABLE.decide("POST", "/admin")
-    plan = plan_limits(settings, ADMIN, "192.0.2.1", admin)
+    plan = plan_limits(settings, ("api_key", "k4"), None, "192.0.2.1", "admin",
+                       parse_rate("5/m"))
     assert [(limit.scope, limit.key.rsplit(":", 1)[-1]) for limit in plan] == [
         ("key", "k4"), ("ip", "192.0.2.1"), ("route", "admin"), ("global", "all")]
-    own_rate = Principal("api_key", "k5", "slow", rate="2/m")
-    first = plan_limits(settings, own_rate, "", TABLE.decide("POST", "/small"))[0]
-    assert (first.scope, first.rate.count, first.on_redis_error) == ("key", 2,
-                                                                     OnRedisError.CLOSED)
+    # A key's own rate: its own state, and the gateway's failure mode.
+    first = plan_limits(settings, ("api_key", "k5"), "2/m", "", "small", None)[0]
+    assert (first.scope, first.key.rsplit(":", 1)[-1], first.rate.count,
+            first.on_redis_error) == ("key", "k5@2/m", 2, OnRedisError.CLOSED)
