@@ -116,7 +116,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         gw.start_redis()
-        gw.start_upstream()
+        gw.start_upstream(record=False)  # a demo left running must not fill the disk
         gw.start_agent(config)
         gw.start_haproxy(haproxy)
         key = _create_key(gw, "--name", "demo")

@@ -223,15 +223,15 @@ class Gateway:
                               text=True, env={**os.environ, "SPOA_AGENT_REDIS_URL": self.redis_url},
                               timeout=60)
 
-    def start_upstream(self, name: str = "upstream", port: int | None = None) -> Process:
+    def start_upstream(self, name: str = "upstream", port: int | None = None,
+                       record: bool = True) -> Process:
         """The demo upstream (spoa_agent.demo.upstream); another one when given
-        its own name and port. It records every request that reaches it
-        (upstream_requests())."""
+        its own name and port. With `record` it writes down every request that
+        reaches it (upstream_requests()), for tests."""
         port = port or self.upstream_port
+        recording = ["--record", str(self.workdir / f"{name}-requests.jsonl")] if record else []
         proc = spawn(name, [sys.executable, "-m", "spoa_agent.demo.upstream",
-                            "--listen", f"127.0.0.1:{port}",
-                            "--record", str(self.workdir / f"{name}-requests.jsonl")],
-                     self.workdir)
+                            "--listen", f"127.0.0.1:{port}", *recording], self.workdir)
         wait_for_port(port, proc.popen)
         self.processes[name] = proc
         return proc
