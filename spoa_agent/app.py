@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ipaddress
 import time
 from collections.abc import Awaitable
@@ -72,6 +71,23 @@ class _LimitCheck(NamedTuple):
 Step = Outcome | _KeyCheck | _LimitCheck
 
 
+class _LimitsAnswer(Later):
+    """The answer of a request waiting on the limiter, which calls it with
+    its verdict from the batch's callback: one object per such request."""
+
+    __slots__ = ("checker", "request", "started", "step")
+
+    def __init__(self, checker: RequestChecker, step: _LimitCheck, request: CheckRequest,
+                 started: int) -> None:
+        super().__init__()
+        self.checker, self.step, self.request, self.started = checker, step, request, started
+
+    def __call__(self, verdict: Verdict) -> None:
+        checker = self.checker
+        self.answer(checker.finish(checker.limited(self.step, verdict), self.request,
+                                   self.started))
+
+
 class RequestChecker:
     def __init__(self, config: Config, authenticator: Authenticator | None, log: Any) -> None:
         self.auth = authenticator
@@ -102,15 +118,10 @@ class RequestChecker:
         if type(step) is Outcome:
             return self.finish(step, request, started)
         if type(step) is _LimitCheck and self.limiter is not None:
-            later = Later()
-            self.limiter.submit(step.limits, functools.partial(
-                self._limits_answered, later, step, request, started))
+            later = _LimitsAnswer(self, step, request, started)
+            self.limiter.submit(step.limits, later)
             return later
         return self._finish_later(request, step, started)
-
-    def _limits_answered(self, later: Later, step: _LimitCheck, request: CheckRequest,
-                         started: int, verdict: Verdict) -> None:
-        later.answer(self.finish(self.limited(step, verdict), request, started))
 
     async def _finish_later(self, request: CheckRequest, step: Step, started: int) -> Actions:
         return self.finish(await self.resolve(request, step), request, started)

@@ -15,7 +15,6 @@ in, and WRITE_HIGH plus one turn's and the in-flight NOTIFYs' ACKs out.
 from __future__ import annotations
 
 import asyncio
-import functools
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -32,6 +31,7 @@ from spoa_agent.spop import (
     AgentDisconnect,
     HaproxyDisconnect,
     HaproxyHello,
+    Message,
     Notify,
     SpopError,
     Status,
@@ -59,16 +59,21 @@ _WRITE_FULL = 2  # its peer is not reading: our write buffer is over WRITE_HIGH
 
 
 class _Waiting:
-    """A NOTIFY whose handlers answer Later: what is answered so far."""
+    """A NOTIFY whose handlers answer Later: what is answered so far. Each
+    Later calls it with its actions."""
 
-    __slots__ = ("actions", "notify", "remaining", "started")
+    __slots__ = ("actions", "notify", "protocol", "remaining", "started")
 
-    def __init__(self, notify: Notify, actions: list[Action], remaining: int,
-                 started: float) -> None:
+    def __init__(self, protocol: SpopProtocol, notify: Notify, actions: list[Action],
+                 remaining: int, started: float) -> None:
+        self.protocol = protocol
         self.notify = notify
         self.actions = actions
         self.remaining = remaining
         self.started = started
+
+    def __call__(self, actions: Actions) -> None:
+        self.protocol._answered(self, actions)
 
 
 class SpopProtocol(asyncio.Protocol):
@@ -220,33 +225,51 @@ class SpopProtocol(asyncio.Protocol):
         return len(self.tasks) + len(self._waiting)
 
     def _on_notify(self, notify: Notify) -> None:
+        messages = notify.messages
+        if len(messages) == 1:  # HAProxy's usual NOTIFY: one message, no lists to build
+            result = self._handle(messages[0])
+            if result is None or type(result) is tuple or type(result) is list:
+                self._send_ack(notify, result or ())
+            elif isinstance(result, Later):
+                self._wait_for(notify, [], [result])
+            else:
+                self._run(notify, [], [cast(Awaitable[Actions], result)])
+            return
         actions: list[Action] = []
         pending: list[Awaitable[Actions]] = []
         later: list[Later] = []
-        for message in notify.messages:
-            handler = self.agent.handlers.get(message.name)
-            if handler is None:
-                self.log.warning("spop_unknown_message", message=message.name)
-                continue
-            try:
-                result = handler(message)
-            except Exception:
-                self.log.exception("handler_error", message=message.name)
+        for message in messages:
+            result = self._handle(message)
+            if result is None:
                 continue
             if isinstance(result, list | tuple):
                 actions.extend(result)
-            elif type(result) is Later:
+            elif isinstance(result, Later):
                 later.append(result)
             else:
                 pending.append(cast(Awaitable[Actions], result))
         if pending:
             pending.extend(_awaitable(each) for each in later)  # a mix: rare
+            self._run(notify, actions, pending)
         elif later:
             self._wait_for(notify, actions, later)
-            return
         else:
             self._send_ack(notify, actions)
-            return
+
+    def _handle(self, message: Message) -> Actions | Later | Awaitable[Actions] | None:
+        """The message's handler's answer; None when there is none to give."""
+        handler = self.agent.handlers.get(message.name)
+        if handler is None:
+            self.log.warning("spop_unknown_message", message=message.name)
+            return None
+        try:
+            return handler(message)
+        except Exception:
+            self.log.exception("handler_error", message=message.name)
+            return None
+
+    def _run(self, notify: Notify, actions: list[Action],
+             pending: list[Awaitable[Actions]]) -> None:
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._finish(notify, actions, pending))
         self.tasks.add(task)
@@ -259,14 +282,13 @@ class SpopProtocol(asyncio.Protocol):
 
     def _wait_for(self, notify: Notify, actions: list[Action], later: list[Later]) -> None:
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(notify, actions, len(later), loop.time())
+        waiting = _Waiting(self, notify, actions, len(later), loop.time())
         self._waiting[waiting] = None
         if self._sweeper is None:
             self._sweeper = loop.call_at(waiting.started + self.settings.handler_timeout,
                                          self._sweep)
-        answered = functools.partial(self._answered, waiting)
         for each in later:
-            each.then(answered)
+            each.then(waiting)
 
     def _answered(self, waiting: _Waiting, actions: Actions) -> None:
         if waiting not in self._waiting:
@@ -334,7 +356,7 @@ class SpopProtocol(asyncio.Protocol):
         if self._draining and not self.in_flight:
             self._disconnect(Status.NORMAL, "agent shutting down")
 
-    def _send_ack(self, notify: Notify, actions: list[Action]) -> None:
+    def _send_ack(self, notify: Notify, actions: Actions) -> None:
         try:
             data = self.conn.send(Ack(notify.stream_id, notify.frame_id, tuple(actions)))
         except (ValueError, TypeError) as err:
