@@ -173,7 +173,7 @@ class RateLimiter:
         for call in queue:
             if call.gave_up(now):
                 # Gave up while queued: not sent, not charged.
-                call.answer(self._without_redis(call.limits))
+                self._answer(call, self._without_redis(call.limits))
             else:
                 self._queue.append(call)
         while self._queue and len(self._sending) < MAX_PIPELINES:
@@ -208,15 +208,21 @@ class RateLimiter:
             self.log.warning("ratelimit_redis_error", error=str(err) or type(err).__name__,
                              breaker=self.breaker.state, requests=len(batch))
             for call in batch:
-                call.answer(self._without_redis(call.limits))
+                self._answer(call, self._without_redis(call.limits))
             return
         self.breaker.success()
         metrics.BREAKER_OPEN.set(False)
         at = 0
         for call in batch:
             size = 1 + 3 * len(call.limits)
-            call.answer(self._verdict(call.limits, numbers[at:at + size], call.now))
+            self._answer(call, self._verdict(call.limits, numbers[at:at + size], call.now))
             at += size
+
+    def _answer(self, call: _Call, verdict: Verdict) -> None:
+        try:
+            call.answer(verdict)
+        except Exception:  # one failing answer must not leave the rest of its batch waiting
+            self.log.exception("ratelimit_answer_error")
 
     def _verdict(self, limits: Sequence[Limit], result: list[int], now: float) -> Verdict:
         admitted = result[0] == 1

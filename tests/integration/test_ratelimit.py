@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from structlog.testing import capture_logs
 
 from spoa_agent.demo.stack import Gateway
 from spoa_agent.ratelimit.limiter import MAX_PIPELINES, RateLimiter, Verdict, limit_key
@@ -209,5 +210,26 @@ def test_one_turns_requests_are_one_script_call_in_order_each_all_or_nothing(
         assert [v.admitted for v in answers] == [True, True, False, True, True, False]
         assert (rl.calls, rl.script_calls) == (6, 1)
         assert answers[2].status == 429 and answers[2].limit == tight
+
+    run(body)
+
+
+def test_a_failing_answer_leaves_no_other_request_of_its_batch_waiting(
+        redis_gw: Gateway) -> None:
+    async def body() -> None:
+        rl = limiter(redis_gw.redis_url)
+        answers: list[Verdict] = []
+
+        def broken(verdict: Verdict) -> None:
+            raise RuntimeError("a bug in one request's answer")
+
+        rl.submit([limit("100/m", name="a")], answers.append)
+        rl.submit([limit("100/m", name="b")], broken)
+        rl.submit([limit("100/m", name="c")], answers.append)
+        with capture_logs() as logs:
+            while len(answers) < 2:
+                await asyncio.sleep(0.01)
+        assert [v.admitted for v in answers] == [True, True] and rl.script_calls == 1
+        assert [entry["event"] for entry in logs] == ["ratelimit_answer_error"]
 
     run(body)
