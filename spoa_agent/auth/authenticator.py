@@ -37,8 +37,6 @@ from spoa_agent.store.tokens import KeyLookup, KeyRecord
 # A credential longer than this is refused unread (HAProxy sends at most 4097
 # bytes of it, see spoe-agent.conf).
 MAX_CREDENTIAL = 4096
-CACHE_HIT = metrics.KEY_CACHE.labels("hit")
-CACHE_MISS = metrics.KEY_CACHE.labels("miss")
 # last_used_at is written at most this often per key and agent.
 TOUCH_EVERY = 60.0
 
@@ -149,7 +147,7 @@ class Authenticator:
         cached = self._cached(digest, now)
         if cached is not None:
             return cached
-        CACHE_MISS.inc()
+        metrics.KEY_CACHE.inc("miss")
         if is_key:
             try:
                 parse_key(token, prefix)
@@ -164,7 +162,7 @@ class Authenticator:
     def _cached(self, digest: bytes, now: float) -> Principal | AuthFailure | None:
         principal = self.verified.get(digest, now)
         if principal is not None:
-            CACHE_HIT.inc()
+            metrics.KEY_CACHE.inc("hit")
             if principal.expires_at is not None and now >= principal.expires_at:
                 reason = Reason.EXPIRED_KEY if principal.kind == "api_key" \
                     else Reason.EXPIRED_TOKEN
@@ -172,7 +170,7 @@ class Authenticator:
             return principal
         failure = self.failures.get(digest, now)
         if failure is not None:
-            CACHE_HIT.inc()
+            metrics.KEY_CACHE.inc("hit")
         return failure
 
     async def verify_slow(self, token: str, source: str | None = None) -> Principal | AuthFailure:

@@ -37,8 +37,6 @@ from spoa_agent.spop import (
     Status,
 )
 
-NOTIFY_FRAMES = metrics.FRAMES.labels("notify")
-
 # Messages (handler calls) one connection may have handled per turn of the
 # event loop before every other connection's read is handled; an empty NOTIFY
 # counts as one. HAProxy sends about one NOTIFY of one message per read, so
@@ -189,7 +187,7 @@ class SpopProtocol(asyncio.Protocol):
             kind = type(event)
             if kind is Notify:
                 assert isinstance(event, Notify)
-                NOTIFY_FRAMES.inc()
+                metrics.FRAMES.inc("notify")
                 budget -= len(event.messages) or 1
                 self._on_notify(event)
                 if self.in_flight >= self.settings.max_in_flight:
