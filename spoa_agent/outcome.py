@@ -17,7 +17,7 @@ from spoa_agent.spop import Action, Encoded, SetVar
 
 # The step that decided: who the caller is, what it may do, how often.
 Stage = Literal["auth", "policy", "limit", "allowed"]
-OWN_LOGIN = (Encoded((SetVar("own_login", True),)),)  # haproxy.cfg keeps the credentials
+OWN_LOGIN = (Encoded.of(SetVar("own_login", True)),)  # haproxy.cfg keeps the credentials
 
 
 class Outcome(NamedTuple):  # a tuple: built for every request, cheaply
@@ -47,12 +47,16 @@ def render(outcome: Outcome) -> tuple[Action, ...]:
             out += (SetVar("max_in_flight", outcome.max_in_flight),)
     verdict = outcome.verdict
     if verdict.limit is not None:
+        # What the client is told of its limit (haproxy.cfg turns it into
+        # headers): the limit's own part is encoded once, the figures that
+        # move come from a cache of their few values.
         rate = verdict.limit.rate
-        out += (SetVar("rl_scope", verdict.limit.scope), SetVar("rl_limit", rate.count),
-                SetVar("rl_window", round(rate.period)),
-                SetVar("rl_remaining", verdict.remaining), SetVar("rl_reset", verdict.reset))
+        data = (_limit_vars(verdict.limit.scope, rate.count, round(rate.period))
+                + _int_var("rl_remaining", verdict.remaining)
+                + _int_var("rl_reset", verdict.reset))
         if verdict.retry_after:
-            out += (SetVar("retry_after", verdict.retry_after),)
+            data += _int_var("retry_after", verdict.retry_after)
+        out += (Encoded(data),)
     return out
 
 
@@ -60,13 +64,24 @@ def render(outcome: Outcome) -> tuple[Action, ...]:
 def decision_vars(allowed: bool, status: int, reason: str, rule: str) -> tuple[Action, ...]:
     """What haproxy.cfg decides on. Cached, and encoded once: decisions are
     few (rule, outcome) pairs and their variables immutable."""
-    return (Encoded((SetVar("decision", "allow" if allowed else "deny"),
-                     SetVar("status", status), SetVar("reason", str(reason)),
-                     SetVar("rule", rule))),)
+    return (Encoded.of(SetVar("decision", "allow" if allowed else "deny"),
+                       SetVar("status", status), SetVar("reason", str(reason)),
+                       SetVar("rule", rule)),)
 
 
 @functools.lru_cache(maxsize=4096)
 def principal_vars(principal: Principal) -> tuple[Action, ...]:
     """Who asked: haproxy.cfg passes `principal` upstream as X-Spoa-Principal."""
-    return (Encoded((SetVar("principal", principal.name),
-                     SetVar("principal_id", principal.id))),)
+    return (Encoded.of(SetVar("principal", principal.name),
+                       SetVar("principal_id", principal.id)),)
+
+
+@functools.lru_cache(maxsize=1024)
+def _limit_vars(scope: str, count: int, window: int) -> bytes:
+    return Encoded.of(SetVar("rl_scope", scope), SetVar("rl_limit", count),
+                      SetVar("rl_window", window)).data
+
+
+@functools.lru_cache(maxsize=16384)
+def _int_var(name: str, value: int) -> bytes:
+    return Encoded.of(SetVar(name, value)).data

@@ -111,14 +111,14 @@ class UnsetVar:
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """Actions encoded once, for answers that repeat (an agent's decision
+    """Actions already encoded, for answers that repeat (an agent's decision
     variables): an ACK copies their bytes instead of encoding them again."""
 
-    actions: tuple[SetVar | UnsetVar, ...]
-    data: bytes = field(init=False, repr=False, compare=False)
+    data: bytes
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "data", b"".join(encode_action(a) for a in self.actions))
+    @classmethod
+    def of(cls, *actions: SetVar | UnsetVar) -> Encoded:
+        return cls(b"".join([encode_action(action) for action in actions]))
 
 
 Action = SetVar | UnsetVar | Encoded
