@@ -128,7 +128,8 @@ def notify_frame(stream_id: int = 1, frame_id: int = 1) -> bytes:
         "host": "gateway.example.com",
         "path": "/v1/models",
         "user_agent": "OpenAI/Python 1.40.0",
-        "authorization": "Bearer spoa_8SisitSArGki_" + "x" * 32,
+        # BINARY, as HAProxy sends it once bytes() has cut it (spoe-agent.conf).
+        "authorization": b"Bearer spoa_8SisitSArGki_" + b"x" * 32,
         "api_key": None,
         "content_length": None,
         "transfer_encoding": None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from typing import NamedTuple
 
 from spoa_agent.spop.constants import ActionType, DataType, FrameFlags, FrameType, Scope, Status
@@ -34,6 +35,9 @@ _MAX_ARGS = 255  # NB-ARGS is one byte
 _LONG = 240  # a varint this large or larger takes more than one byte
 # Plain ints: comparing with an enum member costs an attribute lookup each time.
 _STRING, _NULL = int(DataType.STRING), int(DataType.NULL)
+_BINARY, _IPV4 = int(DataType.BINARY), int(DataType.IPV4)
+# The same few client addresses come back request after request.
+_ipv4 = functools.lru_cache(maxsize=65536)(IPv4Address)
 
 
 def _split_list(text: str) -> frozenset[str]:
@@ -343,6 +347,16 @@ def _decode_notify(head: FrameHeader, buf: Buffer) -> Notify:
             elif kind == _NULL:
                 args[key] = None
                 pos += 1
+            elif kind == _BINARY and pos + 1 < end and buf[pos + 1] < _LONG:
+                # Headers HAProxy cut with bytes() (credentials), an empty body.
+                start = pos + 2
+                pos = start + buf[pos + 1]
+                if pos > end:
+                    raise SpopError(Status.INVALID_FRAME, "truncated binary")
+                args[key] = bytes(buf[start:pos])
+            elif kind == _IPV4 and pos + 5 <= end:
+                args[key] = _ipv4(bytes(buf[pos + 1 : pos + 5]))
+                pos += 5
             else:
                 args[key], pos = decode_value(buf, pos)
         messages.append(Message(name, args))

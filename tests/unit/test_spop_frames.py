@@ -34,6 +34,10 @@ FRAMES: list[Frame] = [
                                   "path": "/api/tags", "n": -5, "raw": b"\x00"}),
         Message("other", {}),
     )),
+    # The short forms read inline and the long ones read by the general decoders.
+    Notify(9, 3, (Message("check-request", {
+        "authorization": b"Bearer " + b"k" * 232, "long": b"b" * 240, "body": b"",
+        "ip": IPv4Address("192.0.2.1"), "text": "t" * 239, "longer": "t" * 240}),)),
     Ack(7, 1, ()),
     Ack(1, 2, (SetVar("decision", "allow"), SetVar("status", 200, Scope.REQUEST),
                UnsetVar("reason", Scope.SESSION), SetVar("flag", True))),
@@ -88,3 +92,13 @@ def test_equal_values_of_different_types_keep_their_types() -> None:
         got = decoded.actions[0]
         assert isinstance(got, SetVar)
         assert type(got.value) is type(value) and got.value == value
+
+
+@pytest.mark.parametrize("value", [b"\x09\x05abc", b"\x06\x7f\x00"])
+def test_a_short_value_cut_short_is_an_invalid_frame(value: bytes) -> None:
+    # A BINARY of 5 bytes with 3 left, an IPv4 address with 2 of its 4 bytes.
+    frame = encode_frame(Notify(1, 1, (Message("m", {"a": None}),)))
+    cut = frame[4:-1] + value  # the NULL replaced by the truncated value
+    with pytest.raises(SpopError) as err:
+        decode_frame(cut)
+    assert err.value.status == Status.INVALID_FRAME
