@@ -28,10 +28,6 @@ class Outcome(NamedTuple):  # a tuple: built for every request, cheaply
     verdict: Verdict = UNLIMITED  # the limits' figures, shown to the client
     max_in_flight: int = 0  # requests at once for this key, counted by HAProxy
 
-    @property
-    def allowed(self) -> bool:
-        return self.decision.allowed
-
 
 def render(outcome: Outcome) -> tuple[Action, ...]:
     """The variables under txn.<var-prefix>.* (spoe-agent.conf: spoa)."""

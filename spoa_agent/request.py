@@ -60,12 +60,8 @@ def _no_body(method: str) -> BodyFacts:
     return BodyFacts(method, None, None, None, b"")
 
 
-def credential(args: Mapping[str, Value]) -> str | Reason:
-    """The token from `Authorization: Bearer` or `x-api-key`, or why there is none."""
-    return _token(_header(args.get("authorization")), _header(args.get("api_key")))
-
-
 def _token(authorization: str | None, api_key: str | None) -> str | Reason:
+    """The token from `Authorization: Bearer` or `x-api-key`, or why there is none."""
     raw = authorization if authorization is not None else api_key
     if raw is None:
         return Reason.MISSING_CREDENTIAL

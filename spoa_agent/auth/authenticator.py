@@ -27,7 +27,7 @@ import redis
 from spoa_agent import metrics
 from spoa_agent.auth.hashing import Argon2Params, VerifierPool
 from spoa_agent.auth.jwt import IssuerConfig, JwtVerifier
-from spoa_agent.auth.keys import KeyFormatError, looks_like_key, parse_key
+from spoa_agent.auth.keys import KeyFormatError, ParsedKey, looks_like_key, parse_key
 from spoa_agent.auth.principal import AuthFailure, Principal
 from spoa_agent.cache import TtlLru
 from spoa_agent.ratelimit.limits import OnRedisError
@@ -181,7 +181,8 @@ class Authenticator:
         running = self._checking.get(digest)
         if running is not None:
             return await asyncio.shield(running.future)
-        key_id = parse_key(token, self.settings.key_prefix).key_id
+        parsed = parse_key(token, self.settings.key_prefix)
+        key_id = parsed.key_id
         pending = self._per_source.get(source, 0) if source is not None else 0
         if pending >= self.settings.argon2_per_source:
             # The client's own doing (429, counted like any failed credential):
@@ -197,7 +198,7 @@ class Authenticator:
         if source is not None:
             self._per_source[source] = pending + 1
         try:
-            result = await self._check(token, digest, check)
+            result = await self._check(parsed, digest, check)
             check.future.set_result(result)
             return result
         except BaseException as err:
@@ -225,8 +226,8 @@ class Authenticator:
         return (self._forgot_at <= check.started
                 and self._changed_at.get(check.key_id, 0) <= check.started)
 
-    async def _check(self, token: str, digest: bytes, check: _Check) -> Principal | AuthFailure:
-        parsed = parse_key(token, self.settings.key_prefix)
+    async def _check(self, parsed: ParsedKey, digest: bytes,
+                     check: _Check) -> Principal | AuthFailure:
         if self.lookup is None:
             return AuthFailure(Reason.STORE_UNAVAILABLE, parsed.key_id)
         metrics.REDIS_CALLS.labels("keys").inc()

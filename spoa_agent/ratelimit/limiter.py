@@ -69,7 +69,9 @@ class _Call:
         self.now = now
         self.deadline = deadline
         self.waiter = waiter  # check()'s: once cancelled, nobody waits any more
-        self.args = " ".join([limit.rate.batch_args for limit in limits])
+        # This request's part of gcra_batch.lua's ARGV[1]: its count of limits,
+        # then each limit's pair.
+        self.args = " ".join([str(len(limits)), *[limit.rate.batch_args for limit in limits]])
 
     def gave_up(self, now: float) -> bool:
         return self.deadline <= now or (self.waiter is not None and self.waiter.done())
@@ -191,7 +193,7 @@ class RateLimiter:
         self.script_calls += 1
         RATELIMIT_CALLS.inc()
         keys = [limit.key for call in batch for limit in call.limits]
-        args = " ".join([f"{len(call.limits)} {call.args}" for call in batch])
+        args = " ".join([call.args for call in batch])
         try:
             # The client's socket timeouts bound Redis itself (connect, each
             # read); waiting for a pooled connection is not counted against it.

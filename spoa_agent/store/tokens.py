@@ -217,8 +217,8 @@ async def follow_changes(
     """
     loop = asyncio.get_running_loop()
     heard: list[float | None] = [None]  # last sign of a live subscription; None: none yet
-    watchdog = loop.create_task(_forget_while_deaf(
-        on_change if forget_while_deaf else _ignore, heard, heartbeat, live_for))
+    watchdog = loop.create_task(_forget_while_deaf(on_change, heard, heartbeat, live_for)) \
+        if forget_while_deaf else None
     delay = retry_every
     failing = False
     try:
@@ -255,11 +255,8 @@ async def follow_changes(
             await asyncio.sleep(delay)
             delay = min(delay * 2, retry_at_most)
     finally:
-        watchdog.cancel()
-
-
-def _ignore(key_id: str | None) -> None:
-    pass
+        if watchdog is not None:
+            watchdog.cancel()
 
 
 async def _forget_while_deaf(on_change: Callable[[str | None], None], heard: list[float | None],

@@ -3,7 +3,7 @@
 import pytest
 
 from spoa_agent.reasons import Reason
-from spoa_agent.request import credential
+from spoa_agent.request import CheckRequest
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -20,4 +20,5 @@ from spoa_agent.request import credential
     ({"authorization": "Bearer " + "a" * 4090}, Reason.OVERSIZED_CREDENTIAL),
 ])
 def test_credential(args: dict[str, object], expected: object) -> None:
-    assert credential(args) == expected  # type: ignore[arg-type]
+    got = CheckRequest.from_args(args).credential  # type: ignore[arg-type]
+    assert got == expected and isinstance(got, Reason) is isinstance(expected, Reason)
