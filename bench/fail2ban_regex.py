@@ -18,9 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from spoa_agent.install.shipped import FAIL2BAN
+
 BENCH = Path(__file__).resolve().parent
-FILTER = BENCH.parent / "fail2ban" / "filter.d" / "spoa-agent.conf"
-SAMPLES = BENCH.parent / "fail2ban" / "tests" / "logs" / "spoa-agent"
+FILTER = FAIL2BAN / "filter.d" / "spoa-agent.conf"
+SAMPLES = BENCH.parent / "tests" / "fail2ban" / "logs" / "spoa-agent"
 
 
 def templates() -> list[dict[str, object]]:

@@ -77,7 +77,6 @@ from spoa_agent.auth import Authenticator, AuthSettings, Principal, SecretHasher
 from spoa_agent.auth.authenticator import principal_of, token_digest
 from spoa_agent.auth.keys import format_key, new_key_id, new_secret
 from spoa_agent.demo.stack import (
-    REPO,
     Gateway,
     free_port,
     haproxy_binaries,
@@ -86,6 +85,7 @@ from spoa_agent.demo.stack import (
     spawn,
     wait_for_port,
 )
+from spoa_agent.install.shipped import EXAMPLE_CONFIG
 from spoa_agent.server import Actions, Handler, Later
 from spoa_agent.spop import (
     NEED_DATA,
@@ -106,8 +106,8 @@ CEILING_CFG = BENCH / "haproxy-ceiling.cfg"
 NATIVE_CFG = BENCH / "haproxy-native.cfg"
 C_AGENT_CFG = BENCH / "haproxy-c-agent.cfg"
 SPOE_CFG = BENCH / "haproxy-spoe.cfg"
-AGENT_CONFIG = REPO / "config" / "agent.example.toml"
-ALLOWED_PATH = "/api/tags"  # allowed by config/agent.example.toml
+AGENT_CONFIG = EXAMPLE_CONFIG
+ALLOWED_PATH = "/api/tags"  # allowed by the example config
 DENIED_PATH = "/api/pull"  # refused by it
 WRK_THREADS = 2
 BATCH = 100  # NOTIFY frames per receive_data

@@ -41,7 +41,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from spoa_agent.demo.stack import REPO, Gateway, policy_only_config
+from spoa_agent.demo.stack import Gateway, policy_only_config
+from spoa_agent.install.shipped import EXAMPLE_CONFIG
 from spoa_agent.spop import (
     Ack,
     HaproxyHello,
@@ -204,7 +205,7 @@ def main() -> int:
     print(f"agent: {Path(protocol.__file__).parent.parent.parent}", flush=True)
     with tempfile.TemporaryDirectory(prefix="spop-flood-") as folder:
         workdir = Path(folder)
-        config = policy_only_config(REPO / "config" / "agent.example.toml",
+        config = policy_only_config(EXAMPLE_CONFIG,
                                     workdir / "policy-only.toml")
         gw = Gateway(workdir)
         try:

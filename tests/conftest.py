@@ -14,10 +14,11 @@ import pytest
 
 from spoa_agent.demo import stack
 from spoa_agent.demo.stack import Gateway, Process, haproxy_binaries
+from spoa_agent.install.shipped import EXAMPLE_CONFIG as EXAMPLE_CONFIG_SHIPPED
 from tests.peer import Peer
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_CONFIG = REPO / "config" / "agent.example.toml"
+SHIPPED_CONFIG = EXAMPLE_CONFIG_SHIPPED
 
 # The tests check what the gateway decides, not how fast: on a loaded CI
 # machine (seen: Python taking over 10 s to start) the shipped deadlines, a

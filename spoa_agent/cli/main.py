@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from spoa_agent import logging as agent_logging
+from spoa_agent.cli.doctor import doctor
 from spoa_agent.cli.token import token
 from spoa_agent.config import ENV_CONFIG, Config, ConfigError, load_config, parse_listen
 from spoa_agent.server.settings import Listen
@@ -237,6 +238,7 @@ def config_validate(ctx: click.Context, path: str | None) -> None:
 
 
 cli.add_command(token)
+cli.add_command(doctor)
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from spoa_agent.demo.stack import REPO, Gateway, free_port, haproxy_binaries
+from spoa_agent.install.shipped import EXAMPLE_CONFIG as CONFIG
 
-CONFIG = REPO / "config" / "agent.example.toml"
 WORKDIR = REPO / ".demo"
 MODEL = "llama3.2:1b"
 CHAT = json.dumps({"model": MODEL, "stream": True,
@@ -91,7 +91,7 @@ def main() -> int:
     parser.add_argument("--once", action="store_true",
                         help="stop after the story instead of running until Ctrl-C")
     parser.add_argument("--config", type=Path, default=CONFIG,
-                        help="the agent's policy (default: config/agent.example.toml)")
+                        help="the agent's policy (default: spoa_agent/files/agent.example.toml)")
     options = parser.parse_args()
     once, config = options.once, options.config.resolve()
     shown = config.relative_to(REPO) if config.is_relative_to(REPO) else config

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spoa_agent.install.shipped import HAPROXY_CFG
+
 REPO = Path(__file__).resolve().parents[2]
-HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
 
 
 def policy_only_config(source: Path, dest: Path) -> Path:
@@ -76,6 +77,14 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None,
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def haproxy_root(cfg: Path) -> Path:
+    """Where HAProxy runs from: the directory above its config's, as on a host
+    (/etc/haproxy/spoa-gateway/haproxy/haproxy.cfg runs from
+    /etc/haproxy/spoa-gateway), so the config names its SPOE file, Lua and
+    maps relative to it (haproxy/spoe-agent.conf, lua/spoa_deny.lua)."""
+    return cfg.resolve().parent.parent
 
 
 def haproxy_binaries() -> dict[str, str]:
@@ -280,7 +289,7 @@ class Gateway:
     def start_haproxy(self, binary: str, cfg: Path = HAPROXY_CFG) -> Process:
         self.banlist.touch()
         proc = spawn("haproxy", [binary, "-db", "-f", str(cfg)], self.workdir,
-                     env=self.haproxy_env(), cwd=REPO)
+                     env=self.haproxy_env(), cwd=haproxy_root(cfg))
         wait_for_port(self.gateway_port, proc.popen)
         self.processes["haproxy"] = proc
         return proc
@@ -290,7 +299,7 @@ class Gateway:
         old = self.processes["haproxy"]
         proc = spawn("haproxy-reloaded", [binary, "-db", "-f", str(cfg), "-sf",
                                           str(old.popen.pid)],
-                     self.workdir, env=self.haproxy_env(), cwd=REPO)
+                     self.workdir, env=self.haproxy_env(), cwd=haproxy_root(cfg))
         old.popen.wait(timeout=10)  # the old one leaves once the new one listens
         wait_for_port(self.gateway_port, proc.popen)
         self.processes["haproxy"] = proc

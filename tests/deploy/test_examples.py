@@ -1,4 +1,5 @@
-"""The deployment examples in haproxy/examples/, each read by the tool that
+"""The deployment files (examples/ and the shipped systemd and logrotate
+files under spoa_agent/files/), each read by the tool that
 reads it in production: keepalived --config-test, systemd-analyze verify,
 logrotate --debug, haproxy -c; the sysctl keys against /proc/sys. Every tool
 check also runs on a deliberately broken copy, to show that it can fail."""
@@ -24,18 +25,19 @@ from cryptography.x509.oid import NameOID
 
 from spoa_agent.config import ServerConfig, parse_seconds
 from spoa_agent.demo.stack import Gateway, free_port, spawn, wait_for_port
+from spoa_agent.install.shipped import FAIL2BAN, HAPROXY_CFG, SHIPPED
 from spoa_agent.spop import Ack, SetVar
 from tests.conftest import EXAMPLE_CONFIG
 from tests.peer import Peer
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "haproxy" / "examples"
+EXAMPLES = REPO / "examples"
 KEEPALIVED_CONF = EXAMPLES / "keepalived" / "keepalived.conf"
 SYSCTL_CONF = EXAMPLES / "sysctl" / "99-haproxy-nonlocal-bind.conf"
-AGENT_UNIT = EXAMPLES / "systemd" / "spoa-agent.service"
-HAPROXY_DROPIN = EXAMPLES / "systemd" / "haproxy.service.d" / "spoa-gateway.conf"
+AGENT_UNIT = SHIPPED / "systemd" / "spoa-agent.service"
+HAPROXY_DROPIN = SHIPPED / "systemd" / "haproxy.service.d" / "spoa-gateway.conf"
 OLLAMA_DROPIN = EXAMPLES / "ollama" / "ollama.service.d" / "loopback.conf"
-LOGROTATE_CONF = EXAMPLES / "logrotate" / "spoa-agent"
+LOGROTATE_CONF = SHIPPED / "logrotate" / "spoa-agent"
 DEBIAN_HAPROXY_UNIT = Path("/lib/systemd/system/haproxy.service")
 INSTALLED_AGENT = "/opt/spoa-agent/.venv/bin/spoa-agent"
 
@@ -292,7 +294,6 @@ def test_agent_unit_settings() -> None:
         return setting(AGENT_UNIT, section, key)
 
     assert (get("User"), get("Group")) == ("spoa-agent", "spoa-agent")
-    assert "useradd --system" in AGENT_UNIT.read_text()
     assert get("ExecStart") == f"{INSTALLED_AGENT} serve --config /etc/spoa-agent/agent.toml"
     assert get("ExecReload") == "/bin/kill -HUP $MAINPID"
     assert (get("Restart"), get("RestartSec"), get("KillSignal")) == \
@@ -391,16 +392,19 @@ def test_agent_works_under_memory_deny_write_execute(redis_gw: Gateway) -> None:
 
 def test_haproxy_dropin_names_the_config_variables() -> None:
     env = environment(HAPROXY_DROPIN)
-    assert set(env) >= {"CONFIG", "GATEWAY_BIND", "AGENT_ADDR", "UPSTREAM_ADDR",
-                        "HAPROXY_RUN_DIR", "TLS_CERT_DIR", "HAPROXY_BANLIST"}
-    config = (REPO / "haproxy" / "haproxy.cfg").read_text()
-    for name in set(env) - {"CONFIG"}:
+    assert set(env) >= {"CONFIG", "EXTRAOPTS", "GATEWAY_BIND", "AGENT_ADDR", "UPSTREAM_ADDR",
+                        "HAPROXY_RUN_DIR", "HAPROXY_BANLIST"}
+    # TLS waits for the operator's certificate: HAProxy would not start on an
+    # empty certificate directory.
+    assert '#Environment="TLS_CERT_DIR=' in HAPROXY_DROPIN.read_text()
+    config = HAPROXY_CFG.read_text()
+    for name in set(env) - {"CONFIG", "EXTRAOPTS"}:
         assert "${" + name in config, f"haproxy.cfg does not read {name}"
     # haproxy.cfg names its files relative to the repository root.
     workdir = setting(HAPROXY_DROPIN, "Service", "WorkingDirectory")
     assert env["CONFIG"] == f"{workdir}/haproxy/haproxy.cfg"
     # fail2ban's action must name the same ban list.
-    action = (REPO / "fail2ban" / "jail.d" / "spoa-agent.local").read_text()
+    action = (FAIL2BAN / "jail.d" / "spoa-agent.local").read_text()
     assert f"banlist={env['HAPROXY_BANLIST']}" in action
 
 
@@ -424,13 +428,9 @@ def test_haproxy_checks_the_config_with_the_dropin_environment(tmp_path: Path) -
     """haproxy -c as Debian's unit runs it: the copy laid out as the drop-in's
     comment says, from its WorkingDirectory, with its variables (paths moved
     into tmp). From / (no WorkingDirectory) the same check fails."""
-    text = HAPROXY_DROPIN.read_text()
-    assert "cp -r haproxy lua /etc/haproxy/spoa-gateway/" in text
     install = tmp_path / "spoa-gateway"
     for part in ("haproxy", "lua"):
-        if (REPO / part).is_dir():
-            shutil.copytree(REPO / part, install / part,
-                            ignore=shutil.ignore_patterns("examples"))
+        shutil.copytree(SHIPPED / part, install / part)
     write_self_signed_pem(tmp_path / "certs")
     (tmp_path / "run").mkdir()
     (tmp_path / "banned.lst").touch()

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from spoa_agent.demo.stack import HAPROXY_CFG, REPO, Gateway
+from spoa_agent.demo.stack import HAPROXY_CFG, Gateway, haproxy_root
 from tests.conftest import EXAMPLE_CONFIG
 from tests.e2e.client import bearer, request
 
@@ -34,7 +34,7 @@ def agent_status(gw: Gateway) -> str:
 
 
 def test_config_is_valid(haproxy: str, tmp_path: Path) -> None:
-    result = subprocess.run([haproxy, "-c", "-f", str(HAPROXY_CFG)], cwd=REPO,
+    result = subprocess.run([haproxy, "-c", "-f", str(HAPROXY_CFG)], cwd=haproxy_root(HAPROXY_CFG),
                             capture_output=True, text=True,
                             env={"HAPROXY_RUN_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout + result.stderr

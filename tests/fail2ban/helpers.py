@@ -6,9 +6,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from spoa_agent.install.shipped import FAIL2BAN
+
 REPO = Path(__file__).resolve().parents[2]
-FILTER = REPO / "fail2ban" / "filter.d" / "spoa-agent.conf"
-SAMPLES = REPO / "fail2ban" / "tests" / "logs" / "spoa-agent"
+FILTER = FAIL2BAN / "filter.d" / "spoa-agent.conf"
+SAMPLES = REPO / "tests" / "fail2ban" / "logs" / "spoa-agent"
 FAIL2BAN_REGEX = shutil.which("fail2ban-regex") or "/usr/bin/fail2ban-regex"
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from spoa_agent.demo.stack import REPO, Gateway, gateway, haproxy_binaries
+from spoa_agent.demo.stack import Gateway, gateway, haproxy_binaries
+from spoa_agent.install.shipped import FAIL2BAN
 from tests.conftest import EXAMPLE_CONFIG
 from tests.e2e.client import bearer, error_message, request
 from tests.e2e.conftest import create_key
 
-FAIL2BAN = REPO / "fail2ban"
 CLIENT = shutil.which("fail2ban-client") or "/usr/bin/fail2ban-client"
 BAD, GOOD = "127.0.0.2", "127.0.0.3"
 

@@ -7,8 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from spoa_agent.cli.main import cli
+from spoa_agent.install.shipped import EXAMPLE_CONFIG
 
-EXAMPLE = str(Path(__file__).resolve().parents[2] / "config" / "agent.example.toml")
+EXAMPLE = str(EXAMPLE_CONFIG)
 
 
 def run(*args: str) -> tuple[int, str, str]:

@@ -12,6 +12,7 @@ from spoa_agent.config import (
     parse_seconds,
     parse_size,
 )
+from spoa_agent.install.shipped import EXAMPLE_CONFIG
 from spoa_agent.store.redis import parse_url
 
 
@@ -213,7 +214,7 @@ auth = "maybe"
 
 
 def test_presets_load() -> None:
-    config = load_config(Path(__file__).resolve().parents[2] / "config" / "agent.example.toml",
+    config = load_config(EXAMPLE_CONFIG,
                          env={})
     names = {route.name for route in config.routes}
     assert {"ollama-chat", "openai-chat", "anthropic-messages"} <= names

@@ -7,7 +7,6 @@ import io
 import json
 from dataclasses import replace
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import pytest
 import structlog
@@ -15,13 +14,14 @@ import structlog
 from spoa_agent import logging as agent_logging
 from spoa_agent.app import RequestChecker
 from spoa_agent.config import load_config
+from spoa_agent.install.shipped import EXAMPLE_CONFIG
 from spoa_agent.outcome import Outcome, Stage
 from spoa_agent.policy.routes import refuse
 from spoa_agent.reasons import Reason
 from spoa_agent.request import CheckRequest
 from spoa_agent.spop import Message
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agent.example.toml"
+EXAMPLE = EXAMPLE_CONFIG
 FIRST_KEYS = ["@timestamp", "log.level", "event.action", "source.ip"]
 
 

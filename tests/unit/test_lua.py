@@ -12,8 +12,9 @@ import subprocess
 import pytest
 
 from spoa_agent.demo.stack import REPO
+from spoa_agent.install.shipped import LUA_DENY
 
-LUA_FILE = REPO / "lua" / "spoa_deny.lua"
+LUA_FILE = LUA_DENY
 LUA_TESTS = REPO / "tests" / "lua" / "test_spoa_deny.lua"
 
 

@@ -11,10 +11,10 @@ import subprocess
 
 import pytest
 
-from spoa_agent.demo.stack import REPO
+from spoa_agent.install.shipped import LUA_DENY
 from spoa_agent.reasons import HAPROXY_REASONS, Reason
 
-LUA_FILE = REPO / "lua" / "spoa_deny.lua"
+LUA_FILE = LUA_DENY
 # Each entry of the Lua's REASONS table: `  name = { status, "code",`.
 LUA_ENTRY = re.compile(r'^  ([a-z_]+) = \{ (\d{3}), "([a-z_]+)"', re.M)
 

@@ -1,13 +1,13 @@
 """The route allowlist, table-driven: what the example policy allows and refuses."""
 
-from pathlib import Path
 
 import pytest
 
 from spoa_agent.config import load_config
+from spoa_agent.install.shipped import EXAMPLE_CONFIG
 from spoa_agent.policy import Route, RouteError, RouteTable, normalize_host
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agent.example.toml"
+EXAMPLE = EXAMPLE_CONFIG
 
 
 @pytest.fixture(scope="module")
