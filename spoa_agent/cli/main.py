@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from spoa_agent import logging as agent_logging
 from spoa_agent.cli.doctor import doctor
+from spoa_agent.cli.install import files, setup, uninstall
 from spoa_agent.cli.token import token
 from spoa_agent.config import ENV_CONFIG, Config, ConfigError, load_config, parse_listen
 from spoa_agent.server.settings import Listen
@@ -239,6 +240,8 @@ def config_validate(ctx: click.Context, path: str | None) -> None:
 
 cli.add_command(token)
 cli.add_command(doctor)
+for command in (files, setup, uninstall):
+    cli.add_command(command)
 
 
 def main() -> None:
