@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -128,7 +127,8 @@ def doctor(ctx: click.Context, config_path: str | None, agent_env: str, haproxy_
     results = [check for check in results if not _skipped(check.name, skip)]
 
     if fmt == "json":
-        click.echo(json.dumps([asdict(check) for check in results], indent=2))
+        click.echo(json.dumps([{"check": check.name, "ok": check.ok, "detail": check.detail,
+                                "fix": check.fix} for check in results], indent=2))
     else:
         width = max((len(check.name) for check in results), default=0)
         for check in results:

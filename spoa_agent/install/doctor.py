@@ -184,7 +184,8 @@ def resolve_node(config_path: Path, dropin_path: Path, haproxy_config: Path | No
     return Node(
         config_path=config_path, dropin_path=dropin_path, dropin_text=text,
         dropin_error=error, haproxy_config=cfg,
-        # haproxy.cfg names its other files relative to the directory above its own.
+        # haproxy.cfg names its other files relative to the directory above its
+        # own; systemd's "-" prefix only says a missing directory is no error.
         workdir=Path(workdir.lstrip("-")) if workdir else cfg.parent.parent,
         haproxy_env=env, extra_configs=tuple(extra),
         stats_socket=stats_socket or (Path(run_dir) / STATS_SOCKET_NAME if run_dir
@@ -357,7 +358,11 @@ def redis_checks(url: str, password: str | None) -> list[Check]:
     import redis
 
     shown = redacted(url)
-    client = sync_client(url, timeout=CHECK_TIMEOUT, password=password)
+    try:
+        client = sync_client(url, timeout=CHECK_TIMEOUT, password=password)
+    except ValueError as err:
+        return failed(REDIS_NAMES, str(err), "fix [redis] url in agent.toml (or "
+                      "SPOA_AGENT_REDIS_URL in /etc/spoa-agent/env)")
     try:
         try:
             client.ping()
@@ -372,9 +377,24 @@ def redis_checks(url: str, password: str | None) -> list[Check]:
                     *failed(REDIS_NAMES[1:], "not checked: Redis is unreachable",
                             "fix the redis check first")]
         return [Check("redis", True, f"{shown}: Redis {version}"),
-                _persistence(client), _eviction(client), _clock(client)]
+                *(_asking(name, check, client) for name, check in (
+                    ("redis-persistence", _persistence), ("redis-eviction", _eviction),
+                    ("redis-clock", _clock)))]
     finally:
         client.close()
+
+
+def _asking(name: str, check: Callable[[Any], Check], client: Any) -> Check:
+    """`check`, or the error Redis answered it with (an ACL that forbids INFO
+    or TIME, a connection lost halfway)."""
+    import redis
+
+    try:
+        return check(client)
+    except (redis.RedisError, OSError) as err:
+        return Check(name, False, f"Redis answered: {_error(err)}",
+                     "let the agent's Redis user run INFO, CONFIG GET and TIME, or check "
+                     "this by hand with redis-cli")
 
 
 def _persistence(client: Any) -> Check:
