@@ -141,7 +141,7 @@ class Deployment:
 
     def checks(self, *extra: str, upstream_port: int | None = None) -> dict[str, Check]:
         result = self.doctor("--format", "json", *extra, upstream_port=upstream_port)
-        found = {item["name"]: Check(**item) for item in json.loads(result.output)}
+        found = parse(result.output)
         assert result.exit_code == (0 if all(c.ok for c in found.values()) else 1)
         return found
 
@@ -194,6 +194,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         gw.stop()
 
 
+def parse(output: str) -> dict[str, Check]:
+    """doctor's JSON: a list of {"check", "ok", "detail", "fix"}."""
+    return {item["check"]: Check(item["check"], item["ok"], item["detail"], item["fix"])
+            for item in json.loads(output)}
+
+
 def failing(checks: dict[str, Check]) -> set[str]:
     return {name for name, check in checks.items() if not check.ok}
 
@@ -215,8 +221,8 @@ def test_a_sound_deployment_passes_every_check_in_json(deployment: Deployment) -
     result = deployment.doctor("--format", "json")
     assert result.exit_code == 0, result.output
     items: list[dict[str, Any]] = json.loads(result.output)
-    assert [item["name"] for item in items] == list(ALL_CHECKS)
-    assert all(set(item) == {"name", "ok", "detail", "fix"} and item["ok"] for item in items)
+    assert [item["check"] for item in items] == list(ALL_CHECKS)
+    assert all(set(item) == {"check", "ok", "detail", "fix"} and item["ok"] for item in items)
     assert deployment.key not in result.output
 
 
@@ -235,6 +241,15 @@ def test_agent_stopped(deployment: Deployment) -> None:
         for name in ("config", "haproxy-config", "redis", "redis-persistence", "fail2ban",
                      "fail2ban-banlist", "tls", "upstream-exposed"):
             assert checks[name].ok, checks[name]
+        # HAProxy marks the agent down once its checks (or a request) fail.
+        wait_until(lambda: not deployment.checks("--skip", "no-key", "--skip", "blocked",
+                                                 "--skip", "key")["haproxy-backend"].ok,
+                   "HAProxy never marked the agent down")
+        # Without a decision HAProxy answers 503, or (2.6) holds the request
+        # until SPOE's timeout: either way the fix points at the agent.
+        outside = deployment.checks("--url-only", "--skip", "upstream-exposed")
+        assert not outside["no-key"].ok
+        assert "agent and haproxy-backend checks" in outside["no-key"].fix
     finally:
         gw.start_agent(deployment.agent_config)
         wait_until(deployment.backend_up, "the agent never came back")
@@ -321,7 +336,7 @@ def test_without_tls(deployment: Deployment, tmp_path: Path) -> None:
     args = deployment.args("--format", "json")
     args[args.index(str(deployment.dropin))] = str(plain)
     result = CliRunner().invoke(cli, args)
-    checks = {item["name"]: Check(**item) for item in json.loads(result.output)}
+    checks = parse(result.output)
     assert result.exit_code == 1
     assert failing(checks) == {"tls"}
     assert "API keys cross the network in clear" in checks["tls"].detail
@@ -339,7 +354,7 @@ def test_an_untrusted_certificate_is_named(deployment: Deployment) -> None:
     cacert = args.index("--cacert")
     del args[cacert:cacert + 2]
     result = CliRunner().invoke(cli, args, env={"SPOA_AGENT_DOCTOR_KEY": deployment.key})
-    checks = {item["name"]: Check(**item) for item in json.loads(result.output)}
+    checks = parse(result.output)
     assert result.exit_code == 1
     assert failing(checks) == {"no-key", "blocked", "key"}
     assert "self-signed certificate" in checks["no-key"].detail
@@ -351,7 +366,7 @@ def test_the_global_config_option_is_the_default(deployment: Deployment) -> None
     del args[args.index("--config"):args.index("--config") + 2]
     result = CliRunner().invoke(cli, ["--config", str(deployment.gw.workdir / "missing.toml"),
                                       *args])
-    config = next(Check(**item) for item in json.loads(result.output) if item["name"] == "config")
+    config = parse(result.output)["config"]
     assert not config.ok and "missing.toml" in config.detail
 
 
@@ -383,3 +398,11 @@ def test_tls_certificates_close_to_their_end(tmp_path: Path) -> None:
     assert not check.ok and "gateway.test (gateway.pem) expires in 9 days" in check.detail
     (pem.parent / "broken.pem").write_text("not a certificate\n")
     assert "broken.pem: not a PEM certificate" in tls_check(str(pem.parent)).detail
+
+
+def test_redis_unreachable_or_misnamed() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    checks = {check.name: check for check in redis_checks(url, None)}
+    assert not checks["redis"].ok and "refused" in checks["redis"].detail.lower()
+    assert checks["redis-clock"].detail == "not checked: Redis is unreachable"
+    assert all(not check.ok for check in redis_checks("http://nowhere", None))
