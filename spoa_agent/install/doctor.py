@@ -30,10 +30,21 @@ from urllib.parse import urlsplit
 
 from spoa_agent.config import Config, ConfigError, load_config
 from spoa_agent.install import layout
-from spoa_agent.spop import AgentDisconnect, AgentHello, HaproxyHello, decode_frame, encode_frame
+from spoa_agent.spop import (
+    DEFAULT_MAX_FRAME_SIZE,
+    AgentDisconnect,
+    AgentHello,
+    HaproxyHello,
+    SpopError,
+    decode_frame,
+    encode_frame,
+)
 from spoa_agent.store.redis import redacted, sync_client
 
 CHECK_TIMEOUT = 2.0
+# Each wait inside a check: below CHECK_TIMEOUT, so that a check that waits
+# too long says on what, rather than being cut off by run_probes.
+IO_TIMEOUT = 1.5
 # haproxy.cfg: `stats socket "${HAPROXY_RUN_DIR}/spoa-gateway.sock"`.
 STATS_SOCKET_NAME = "spoa-gateway.sock"
 # spoe-agent.conf's `use-backend`, when the files cannot be read to find it.
@@ -138,9 +149,11 @@ def read_env_file(path: Path) -> dict[str, str]:
         if not line or line[0] in "#;":
             continue
         name, sep, value = line.partition("=")
+        value = value.strip()
+        if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
         if sep:
-            words = shlex.split(value) if value.strip() else [""]
-            found[name.strip()] = words[0] if len(words) == 1 else value.strip()
+            found[name.strip()] = value
     return found
 
 
@@ -167,16 +180,16 @@ def resolve_node(config_path: Path, dropin_path: Path, haproxy_config: Path | No
                  stats_socket: Path | None, banlist: str | None,
                  agent_env: Path) -> Node:
     """Flags win, then the drop-in, then the installed layout."""
+    text: str | None
     try:
-        text: str | None = dropin_path.read_text()
-        error = ""
-    except OSError as err:
-        text, error = None, _error(err)
-    env = layout.dropin_environment(text or "")
+        text, error = dropin_path.read_text(), ""
+        env = layout.dropin_environment(text)
+        words = shlex.split(env.get("EXTRAOPTS", ""))
+    except (OSError, ValueError) as err:  # ValueError: unbalanced quotes
+        text, error, env, words = None, _error(err), {}, []
     cfg = haproxy_config or Path(env.get("CONFIG") or layout.GATEWAY_CFG)
     workdir = dropin_setting(text or "", "WorkingDirectory")
     extra: list[str] = []
-    words = shlex.split(env.get("EXTRAOPTS", ""))
     for flag, value in itertools.pairwise(words):
         if flag == "-f":
             extra.append(value)
@@ -224,24 +237,37 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 def agent_check(addr: str) -> Check:
     """An SPOP health check as HAProxy's `option spop-check` sends it."""
-    host, port = split_addr(addr)
+    try:
+        host, port = split_addr(addr)
+    except ValueError:
+        return Check("agent", False, f"{addr!r} is not HOST:PORT",
+                     "fix AGENT_ADDR in the drop-in (or [server] listen in agent.toml)")
     hello = HaproxyHello(("2.0",), 16380, frozenset(), healthcheck=True)
     fix = ("systemctl restart spoa-agent, and `journalctl -u spoa-agent -n 50` says why it "
            "stopped; its listen address must be the drop-in's AGENT_ADDR")
+    not_spop = Check("agent", False, f"{addr}: the answer is not SPOP",
+                     "is another program on this port? `ss -ltnp` names it")
     try:
-        with socket.create_connection((host, port), timeout=CHECK_TIMEOUT) as sock:
+        with socket.create_connection((host, port), timeout=IO_TIMEOUT) as sock:
             sock.sendall(encode_frame(hello))
-            head = _recv_exact(sock, 4)
-            frame = decode_frame(_recv_exact(sock, int.from_bytes(head, "big")))
-    except (OSError, ConnectionError) as err:
+            try:
+                size = int.from_bytes(_recv_exact(sock, 4), "big")
+            except TimeoutError:
+                return Check("agent", False, f"{addr}: accepts connections but sent no "
+                             f"AGENT-HELLO within {IO_TIMEOUT:g} s", not_spop.fix)
+            if size > DEFAULT_MAX_FRAME_SIZE:  # e.g. "HTTP" read as a length
+                return not_spop
+            frame = decode_frame(_recv_exact(sock, size))
+    except SpopError:
+        return not_spop
+    except OSError as err:
         return Check("agent", False, f"{addr}: {_error(err)}", fix)
     if type(frame) is AgentHello:
         return Check("agent", True, f"{addr}: AGENT-HELLO, SPOP {frame.version}")
     if type(frame) is AgentDisconnect:
         return Check("agent", False, f"{addr}: AGENT-DISCONNECT {frame.status} "
                                      f"{frame.message}", fix)
-    return Check("agent", False, f"{addr}: answered {type(frame).__name__}, not AGENT-HELLO",
-                 "is another program on this port? `ss -ltnp` names it")
+    return not_spop
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -272,7 +298,7 @@ def agent_backend(node: Node) -> str:
 
 def haproxy_socket_command(path: Path, command: str) -> str:
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(CHECK_TIMEOUT)
+        sock.settimeout(IO_TIMEOUT)
         sock.connect(str(path))
         sock.sendall(command.encode() + b"\n")
         chunks = []
@@ -322,7 +348,7 @@ def haproxy_config_check(node: Node, binary: str) -> Check:
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **node.haproxy_env}
     try:
         result = subprocess.run(argv, cwd=node.workdir, env=env, capture_output=True,
-                                text=True, timeout=CHECK_TIMEOUT)
+                                text=True, timeout=IO_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as err:
         return Check("haproxy-config", False, f"{binary}: {_error(err)}",
                      "apt install haproxy, or give --haproxy BINARY")
@@ -353,13 +379,13 @@ def _config_get(client: Any, name: str) -> str | None:
 
 def redis_checks(url: str, password: str | None) -> list[Check]:
     """Redis reachable, persistent, not evicting keys, and on time. Each
-    command waits at most CHECK_TIMEOUT (setup calls this without doctor's
+    command waits at most IO_TIMEOUT (setup calls this without doctor's
     threads)."""
     import redis
 
     shown = redacted(url)
     try:
-        client = sync_client(url, timeout=CHECK_TIMEOUT, password=password)
+        client = sync_client(url, timeout=IO_TIMEOUT, password=password)
     except ValueError as err:
         return failed(REDIS_NAMES, str(err), "fix [redis] url in agent.toml (or "
                       "SPOA_AGENT_REDIS_URL in /etc/spoa-agent/env)")
@@ -449,7 +475,7 @@ def _clock(client: Any) -> Check:
 
 def fail2ban_client(binary: str, sock: str | None, *args: str) -> tuple[int, str]:
     argv = [binary, *(["-s", sock] if sock else []), *args]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=IO_TIMEOUT)
     return result.returncode, (result.stdout + result.stderr).strip()
 
 
@@ -564,10 +590,10 @@ class GatewayUrl:
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
             context = ssl.create_default_context(cafile=self.cafile)
-            conn = http.client.HTTPSConnection(host, parts.port, timeout=CHECK_TIMEOUT,
+            conn = http.client.HTTPSConnection(host, parts.port, timeout=IO_TIMEOUT,
                                                context=context)
         else:
-            conn = http.client.HTTPConnection(host, parts.port, timeout=CHECK_TIMEOUT)
+            conn = http.client.HTTPConnection(host, parts.port, timeout=IO_TIMEOUT)
         try:
             # An empty body: should the gateway let a pull through, Ollama
             # refuses it for want of a model name instead of pulling one.
@@ -695,7 +721,7 @@ def key_check(gateway: GatewayUrl, key: str | None) -> Check:
 def upstream_exposed_check(url: str, port: int) -> Check:
     host = urlsplit(url).hostname or ""
     try:
-        with socket.create_connection((host, port), timeout=CHECK_TIMEOUT):
+        with socket.create_connection((host, port), timeout=IO_TIMEOUT):
             pass
     except TimeoutError:
         return Check("upstream-exposed", True, f"{host}:{port}: no answer (filtered)")
@@ -750,6 +776,9 @@ def _reaching(name: str, gateway: GatewayUrl, check: Callable[[], Check]) -> Cal
             return Check(name, False, f"{gateway.url}: {err.verify_message}",
                          "serve the whole chain (fullchain.pem), or give --cacert CA for a "
                          "private CA")
+        except TimeoutError:
+            return Check(name, False, f"{gateway.url}: no answer within {IO_TIMEOUT:g} s",
+                         GATEWAY_SLOW_FIX)
         except (OSError, http.client.HTTPException) as err:
             return Check(name, False, f"{gateway.url}: {_error(err)}",
                          f"is HAProxy up and --url right? curl -v {gateway.url}")
