@@ -31,6 +31,7 @@ from spoa_agent.install.doctor import (
     Check,
     GatewayUrl,
     Probe,
+    agent_check,
     redis_checks,
     run_probes,
     tls_check,
@@ -406,3 +407,9 @@ def test_redis_unreachable_or_misnamed() -> None:
     assert not checks["redis"].ok and "refused" in checks["redis"].detail.lower()
     assert checks["redis-clock"].detail == "not checked: Redis is unreachable"
     assert all(not check.ok for check in redis_checks("http://nowhere", None))
+
+
+def test_something_else_on_the_agents_port(deployment: Deployment) -> None:
+    check = agent_check(f"127.0.0.1:{deployment.gw.upstream_port}")  # an HTTP server
+    assert not check.ok and "sent no AGENT-HELLO" in check.detail
+    assert "ss -ltnp" in check.fix
