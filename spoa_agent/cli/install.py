@@ -10,7 +10,16 @@ from pathlib import Path
 
 import click
 
-from spoa_agent.install.installer import Setup, SetupError, Step, Uninstall, carry_out
+from spoa_agent.cli.doctor import echo_checklist
+from spoa_agent.install.doctor import redis_checks
+from spoa_agent.install.installer import (
+    DEFAULT_REDIS_URL,
+    Setup,
+    SetupError,
+    Step,
+    Uninstall,
+    carry_out,
+)
 from spoa_agent.install.shipped import GROUPS, SHIPPED, shipped_files
 from spoa_agent.store.redis import parse_url
 
@@ -91,6 +100,10 @@ def setup(root: Path, dry_run: bool, redis_url: str | None, redis_password_stdin
                 param_hint="--redis-url")
     plan = Setup(root.resolve(), redis_url=redis_url, redis_password=password)
     _carry_out(plan.steps, dry_run, "spoa-agent setup")
+    if plan.host.real and not dry_run:
+        # A Redis that keeps nothing on disk loses every key on restart.
+        click.echo("redis:")
+        echo_checklist(redis_checks(redis_url or DEFAULT_REDIS_URL, password))
     if not dry_run:
         click.echo("next:")
         for note in plan.next_steps():

@@ -41,10 +41,13 @@ from spoa_agent.spop import (
 )
 from spoa_agent.store.redis import redacted, sync_client
 
-CHECK_TIMEOUT = 2.0
+# The checks run at once, so this bounds the whole run. Generous: a loaded
+# host has been seen taking seconds to start a Python tool (fail2ban-client),
+# and a ✗ that only says "slow" sends an operator after the wrong fault.
+CHECK_TIMEOUT = 6.0
 # Each wait inside a check: below CHECK_TIMEOUT, so that a check that waits
 # too long says on what, rather than being cut off by run_probes.
-IO_TIMEOUT = 1.5
+IO_TIMEOUT = 5.0
 # haproxy.cfg: `stats socket "${HAPROXY_RUN_DIR}/spoa-gateway.sock"`.
 STATS_SOCKET_NAME = "spoa-gateway.sock"
 # spoe-agent.conf's `use-backend`, when the files cannot be read to find it.

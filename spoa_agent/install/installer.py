@@ -32,6 +32,8 @@ from spoa_agent.install.shipped import EXAMPLE_CONFIG, SHIPPED
 
 # The executable the shipped unit names; setup writes the one it runs from.
 SHIPPED_EXECUTABLE = "/opt/spoa-agent/.venv/bin/spoa-agent"
+# The distribution's redis-server, which setup installs when given no URL.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class SetupError(Exception):
@@ -99,7 +101,7 @@ def env_file(redis_url: str | None, redis_password: str | None) -> bytes:
         "# spoa-agent's environment (the unit's EnvironmentFile=). Secrets live here,",
         "# readable by root only, never in agent.toml or the unit.",
         f"SPOA_AGENT_LOG_FILE={layout.AGENT_LOG}",
-        f"SPOA_AGENT_REDIS_URL={redis_url or 'redis://127.0.0.1:6379/0'}",
+        f"SPOA_AGENT_REDIS_URL={redis_url or DEFAULT_REDIS_URL}",
         (f"SPOA_AGENT_REDIS_PASSWORD={redis_password}" if redis_password
          else "#SPOA_AGENT_REDIS_PASSWORD="),
     ]

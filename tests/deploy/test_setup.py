@@ -302,3 +302,15 @@ def test_fail2ban_reads_the_installed_files(host: Path, tmp_path: Path) -> None:
     # The installed filter finds the sample log's failures.
     found = banned_addresses(SAMPLES, str(installed / "filter.d/spoa-agent.conf"))
     assert found and found == banned_addresses(SAMPLES)
+
+
+def test_dry_run_on_this_host_names_the_commands_and_changes_nothing() -> None:
+    watched = [Path("/etc/spoa-agent"), Path("/var/lib/spoa-agent"),
+               Path("/etc/systemd/system/spoa-agent.service")]
+    if any(path.exists() for path in watched):
+        pytest.skip("spoa-agent is set up on this machine")
+    result = spoa_agent("setup", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "run       systemctl enable spoa-agent.service" in result.stdout
+    assert "install   /etc/spoa-agent/agent.toml" in result.stdout
+    assert not any(path.exists() for path in watched)
