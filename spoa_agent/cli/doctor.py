@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
 
+from spoa_agent.cli.secret_input import read_secret
 from spoa_agent.install import doctor as checks
 from spoa_agent.install import layout
 
@@ -33,16 +33,6 @@ def _check_names(ctx: click.Context, param: click.Parameter,
 def _skipped(name: str, skip: tuple[str, ...]) -> bool:
     """`--skip redis` skips redis and every redis-* check."""
     return any(name == s or name.startswith(s + "-") for s in skip)
-
-
-def _read_key() -> str:
-    if sys.stdin.isatty():
-        line = str(click.prompt("API key", hide_input=True, err=True))
-    else:
-        line = sys.stdin.readline()
-    if not line.strip():
-        raise click.BadParameter("no key on the first line of stdin", param_hint="--key-stdin")
-    return line.strip()
 
 
 @click.command()
@@ -103,7 +93,8 @@ def doctor(ctx: click.Context, config_path: str | None, agent_env: str, haproxy_
         raise click.BadParameter("expected http(s)://HOST[:PORT]", param_hint="--url")
     if url is None and (url_only or key_stdin):
         raise click.UsageError("--url-only and --key-stdin go with --url")
-    key = _read_key() if key_stdin else (os.environ.get(ENV_DOCTOR_KEY) or None)
+    key = (read_secret("API key", "--key-stdin") if key_stdin
+           else os.environ.get(ENV_DOCTOR_KEY) or None)
     obj = ctx.find_root().obj or {}
 
     results: list[checks.Check] = []

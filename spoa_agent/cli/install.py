@@ -4,13 +4,13 @@ putting them in their places on a host (spoa_agent/install/)."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from spoa_agent.cli.doctor import echo_checklist
+from spoa_agent.cli.secret_input import read_secret
 from spoa_agent.install.doctor import redis_checks
 from spoa_agent.install.installer import (
     DEFAULT_REDIS_URL,
@@ -87,7 +87,7 @@ def setup(root: Path, dry_run: bool, redis_url: str | None, redis_password_stdin
     _needs_root(root, dry_run)
     password = os.environ.get(ENV_REDIS_PASSWORD) or None
     if redis_password_stdin:
-        password = sys.stdin.readline().strip() or None
+        password = read_secret("Redis password", "--redis-password-stdin")
     if redis_url:
         try:
             parse_url(redis_url)

@@ -15,6 +15,7 @@ from click.core import ParameterSource
 from spoa_agent import logging as agent_logging
 from spoa_agent.cli.doctor import doctor
 from spoa_agent.cli.install import files, setup, uninstall
+from spoa_agent.cli.secret_input import read_secret
 from spoa_agent.cli.token import token
 from spoa_agent.config import ENV_CONFIG, Config, ConfigError, load_config, parse_listen
 from spoa_agent.server.settings import Listen
@@ -145,18 +146,6 @@ def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
                            if signum == signal.SIGUSR1 else None))
 
 
-def _read_token() -> str:
-    """One line of stdin, or a prompt that does not echo when stdin is a terminal."""
-    if sys.stdin.isatty():
-        line = str(click.prompt("API key or JWT", hide_input=True, err=True))
-    else:
-        line = sys.stdin.readline()
-    if not line.strip():
-        raise click.BadParameter("no key on the first line of stdin",
-                                 param_hint="--token-stdin")
-    return line.strip()
-
-
 @cli.command()
 @click.option("--method", required=True, help="HTTP method, e.g. POST.")
 @click.option("--path", required=True, help="Request path, e.g. /api/chat.")
@@ -190,7 +179,8 @@ def check(ctx: click.Context, method: str, path: str, host: str, token: str | No
             raise click.UsageError("give --token or --token-stdin, not both")
         if body is not None and body.name == "<stdin>":
             raise click.UsageError("--token-stdin and --body - both read stdin: give one")
-        token = _read_token()  # wins over the environment: asked for on this command line
+        # Wins over the environment: asked for on this command line.
+        token = read_secret("API key or JWT", "--token-stdin")
     config = _load(ctx)
     content = None if body is None else body.read(MAX_CHECK_BODY + 1)
     if content is not None and len(content) > MAX_CHECK_BODY:

@@ -91,7 +91,7 @@ def test_check_token_stdin_needs_a_key_and_excludes_token() -> None:
     args = ["--config", EXAMPLE, "check", "--method", "GET", "--path", "/api/tags"]
     result = CliRunner().invoke(cli, [*args, "--token-stdin"], input="\n",
                                 env={"SPOA_AGENT_CONFIG": None})
-    assert result.exit_code == 2 and "no key on the first line of stdin" in result.stderr
+    assert result.exit_code == 2 and "no API key or JWT on the first line of stdin" in result.stderr
     result = CliRunner().invoke(cli, [*args, "--token-stdin", "--token", "x"], input="k\n",
                                 env={"SPOA_AGENT_CONFIG": None})
     assert result.exit_code == 2 and "not both" in result.stderr
