@@ -36,13 +36,13 @@ from spoa_agent.install.doctor import (
     run_probes,
     tls_check,
 )
-from spoa_agent.install.shipped import FAIL2BAN, HAPROXY_CFG
+from spoa_agent.install.shipped import HAPROXY_CFG
 from spoa_agent.store.redis import sync_client
 from tests.conftest import EXAMPLE_CONFIG
 from tests.e2e.client import bearer
 from tests.e2e.conftest import create_key
+from tests.fail2ban.helpers import FAIL2BAN_CLIENT, fail2ban_client, fail2ban_config
 
-FAIL2BAN_CLIENT = shutil.which("fail2ban-client") or "/usr/bin/fail2ban-client"
 # Allowed for a key by no preset; a route of this is the policy fault.
 PULL_ROUTE = '\n[[routes]]\nname = "pull"\npath = "/api/pull"\nmethods = ["POST"]\n'
 
@@ -69,32 +69,10 @@ def certificate(directory: Path) -> Path:
     return pem
 
 
-def fail2ban_client(confdir: Path, *args: str) -> str:
-    result = subprocess.run([FAIL2BAN_CLIENT, "-c", str(confdir), *args], capture_output=True,
-                            text=True, timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 def start_fail2ban(confdir: Path, gw: Gateway) -> None:
-    """The shipped filter, action and jail, with this gateway's log, ban list
-    and socket. The jail's ignoreip (loopback) stays: doctor's requests
-    without a key must not get the tests' own address banned."""
-    for sub in ("filter.d", "action.d", "jail.d"):
-        (confdir / sub).mkdir(parents=True)
-    shutil.copy(FAIL2BAN / "filter.d" / "spoa-agent.conf", confdir / "filter.d")
-    shutil.copy(FAIL2BAN / "action.d" / "haproxy-spoa.conf", confdir / "action.d")
-    shutil.copy(FAIL2BAN / "jail.d" / "spoa-agent.local", confdir / "jail.d")
-    (confdir / "fail2ban.conf").write_text(
-        "[Definition]\nloglevel = INFO\n"
-        f"logtarget = {confdir}/fail2ban.log\nsocket = {confdir}/fail2ban.sock\n"
-        f"pidfile = {confdir}/fail2ban.pid\ndbfile = :memory:\n")
-    (confdir / "jail.conf").write_text("[DEFAULT]\nbackend = polling\n")
-    (confdir / "jail.d" / "zz-test.local").write_text(
-        "[spoa-agent]\n"
-        f"logpath = {gw.processes['agent'].log_path}\nbackend = polling\n"
-        f"action = haproxy-spoa[banlist={gw.banlist}, socket={gw.stats_socket}]\n")
-    fail2ban_client(confdir, "start")
+    """The shipped jail on this stack. Its ignoreip (loopback) stays: doctor's
+    requests without a key must not get the tests' own address banned."""
+    fail2ban_client(fail2ban_config(confdir, gw), "start")
 
 
 def write_dropin(path: Path, gw: Gateway) -> Path:
