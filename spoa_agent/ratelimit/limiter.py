@@ -18,9 +18,8 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio
@@ -42,8 +41,7 @@ def limit_key(scope: str, name: str) -> str:
     return f"spoa:rl:{HASH_TAG}:{scope}:{name}"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):  # a tuple: built for every request, cheaply
     admitted: bool
     status: int = 200  # 429 over a limit, 503 Redis down under a closed limit
     reason: Reason | None = None
@@ -137,11 +135,12 @@ class RateLimiter:
         if not limits:
             return UNLIMITED
         now = self.clock()
-        for limit in limits:
-            until = self.refusing.get(limit.key, now)
-            if until is not None and until > now:
-                wait = math.ceil(until - now)
-                return Verdict(False, 429, Reason.RATE_LIMITED, limit, 0, wait, max(1, wait))
+        if self.refusing:  # empty while no one is over a limit: nothing to look up
+            for limit in limits:
+                until = self.refusing.get(limit.key, now)
+                if until is not None and until > now:
+                    wait = math.ceil(until - now)
+                    return Verdict(False, 429, Reason.RATE_LIMITED, limit, 0, wait, max(1, wait))
         if not self.breaker.allow(now):
             return self._without_redis(limits)
         return None
@@ -219,9 +218,8 @@ class RateLimiter:
         metrics.BREAKER_OPEN.set(False)
         at = 0
         for call in batch:
-            size = 1 + 3 * len(call.limits)
-            self._answer(call, self._verdict(call.limits, numbers[at:at + size], call.now))
-            at += size
+            self._answer(call, self._verdict(call.limits, numbers, at, call.now))
+            at += 1 + 3 * len(call.limits)
 
     async def _evalsha(self, batch: list[_Call], args: str) -> Any:
         """gcra_batch.lua on every limit key of the batch, in order."""
@@ -262,22 +260,25 @@ class RateLimiter:
         except Exception:  # one failing answer must not leave the rest of its batch waiting
             self.log.exception("ratelimit_answer_error")
 
-    def _verdict(self, limits: Sequence[Limit], result: list[int], now: float) -> Verdict:
-        admitted = result[0] == 1
-        tightest: tuple[int, int, int, Limit] | None = None
-        retry_us = 0
-        for index, limit in enumerate(limits):
-            remaining, reset_us, limit_retry_us = result[1 + 3 * index: 4 + 3 * index]
+    def _verdict(self, limits: Sequence[Limit], numbers: list[int], at: int,
+                 now: float) -> Verdict:
+        """A request's verdict from its part of the script's answer, from
+        numbers[at]: admitted, then remaining, reset_us, retry_us per limit."""
+        admitted = numbers[at] == 1
+        tightest = None  # the limit with the fewest requests remaining
+        fewest = reset_us = retry_us = 0
+        for limit in limits:
+            remaining, limit_reset_us, limit_retry_us = numbers[at + 1:at + 4]
+            at += 3
             if limit_retry_us > 0:
                 retry_us = max(retry_us, limit_retry_us)
                 self.refusing.put(limit.key, now + limit_retry_us / 1_000_000, now)
-            if tightest is None or remaining < tightest[0]:
-                tightest = (remaining, reset_us, limit_retry_us, limit)
+            if tightest is None or remaining < fewest:
+                tightest, fewest, reset_us = limit, remaining, limit_reset_us
         assert tightest is not None
-        remaining, reset_us, _, limit = tightest
         if admitted:
-            return Verdict(True, 200, None, limit, remaining, _seconds_up(reset_us))
-        return Verdict(False, 429, Reason.RATE_LIMITED, limit, remaining, _seconds_up(reset_us),
+            return Verdict(True, 200, None, tightest, fewest, _seconds_up(reset_us))
+        return Verdict(False, 429, Reason.RATE_LIMITED, tightest, fewest, _seconds_up(reset_us),
                        max(1, _seconds_up(retry_us)))
 
     def _without_redis(self, limits: Sequence[Limit]) -> Verdict:
