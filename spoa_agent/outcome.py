@@ -14,10 +14,12 @@ from spoa_agent.auth.principal import Principal
 from spoa_agent.policy.routes import Decision
 from spoa_agent.ratelimit.limiter import UNLIMITED, Verdict
 from spoa_agent.spop import Action, Encoded, SetVar
+from spoa_agent.spop.frames import encode_action
 
 # The step that decided: who the caller is, what it may do, how often.
 Stage = Literal["auth", "policy", "limit", "allowed"]
-OWN_LOGIN = (Encoded.of(SetVar("own_login", True)),)  # haproxy.cfg keeps the credentials
+# haproxy.cfg keeps the credentials of a route whose upstream does its own login.
+_OWN_LOGIN = Encoded.of(SetVar("own_login", True)).data
 
 
 class Outcome(NamedTuple):  # a tuple: built for every request, cheaply
@@ -30,46 +32,48 @@ class Outcome(NamedTuple):  # a tuple: built for every request, cheaply
 
 
 def render(outcome: Outcome) -> tuple[Action, ...]:
-    """The variables under txn.<var-prefix>.* (spoe-agent.conf: spoa)."""
+    """The variables under txn.<var-prefix>.* (spoe-agent.conf: spoa).
+
+    One Encoded action: the bytes of the variables, joined from caches of
+    their few values (decisions, principals, limits, small figures), so an
+    ACK copies them instead of encoding each variable of each request."""
     decision = outcome.decision
-    out = decision_vars(decision.allowed, decision.status, decision.reason, decision.rule)
+    parts = [decision_vars(decision.allowed, decision.status, decision.reason, decision.rule)]
     if decision.detail:
-        out += (SetVar("detail", decision.detail),)
+        parts.append(encode_action(SetVar("detail", decision.detail)))
     if decision.route is not None and decision.route.public:
-        out += OWN_LOGIN
+        parts.append(_OWN_LOGIN)
     if outcome.principal is not None:
-        out += principal_vars(outcome.principal)
+        parts.append(principal_vars(outcome.principal))
         if outcome.max_in_flight:
-            out += (SetVar("max_in_flight", outcome.max_in_flight),)
+            parts.append(_int_var("max_in_flight", outcome.max_in_flight))
     verdict = outcome.verdict
     if verdict.limit is not None:
         # What the client is told of its limit (haproxy.cfg turns it into
-        # headers): the limit's own part is encoded once, the figures that
-        # move come from a cache of their few values.
+        # headers): the limit's own part, then the figures that move.
         rate = verdict.limit.rate
-        data = (_limit_vars(verdict.limit.scope, rate.count, round(rate.period))
-                + _int_var("rl_remaining", verdict.remaining)
-                + _int_var("rl_reset", verdict.reset))
+        parts.append(_limit_vars(verdict.limit.scope, rate.count, round(rate.period)))
+        parts.append(_int_var("rl_remaining", verdict.remaining))
+        parts.append(_int_var("rl_reset", verdict.reset))
         if verdict.retry_after:
-            data += _int_var("retry_after", verdict.retry_after)
-        out += (Encoded(data),)
-    return out
+            parts.append(_int_var("retry_after", verdict.retry_after))
+    return (Encoded(b"".join(parts)),)
 
 
 @functools.lru_cache(maxsize=1024)
-def decision_vars(allowed: bool, status: int, reason: str, rule: str) -> tuple[Action, ...]:
+def decision_vars(allowed: bool, status: int, reason: str, rule: str) -> bytes:
     """What haproxy.cfg decides on. Cached, and encoded once: decisions are
     few (rule, outcome) pairs and their variables immutable."""
-    return (Encoded.of(SetVar("decision", "allow" if allowed else "deny"),
-                       SetVar("status", status), SetVar("reason", str(reason)),
-                       SetVar("rule", rule)),)
+    return Encoded.of(SetVar("decision", "allow" if allowed else "deny"),
+                      SetVar("status", status), SetVar("reason", str(reason)),
+                      SetVar("rule", rule)).data
 
 
 @functools.lru_cache(maxsize=4096)
-def principal_vars(principal: Principal) -> tuple[Action, ...]:
+def principal_vars(principal: Principal) -> bytes:
     """Who asked: haproxy.cfg passes `principal` upstream as X-Spoa-Principal."""
-    return (Encoded.of(SetVar("principal", principal.name),
-                       SetVar("principal_id", principal.id)),)
+    return Encoded.of(SetVar("principal", principal.name),
+                      SetVar("principal_id", principal.id)).data
 
 
 @functools.lru_cache(maxsize=1024)

@@ -18,9 +18,8 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio
@@ -42,8 +41,7 @@ def limit_key(scope: str, name: str) -> str:
     return f"spoa:rl:{HASH_TAG}:{scope}:{name}"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):  # a tuple: built for every request, cheaply
     admitted: bool
     status: int = 200  # 429 over a limit, 503 Redis down under a closed limit
     reason: Reason | None = None
@@ -111,6 +109,10 @@ class RateLimiter:
         # neither sent nor charged: HAProxy has stopped waiting for it.
         self.give_up_after = give_up_after
         self._sha = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
+        # EVALSHA and the script's digest, as the first two RESP bulk strings.
+        self._evalsha_head = b"$7\r\nEVALSHA\r\n$40\r\n" + self._sha.encode() + b"\r\n"
+        self._direct = isinstance(client, redis.asyncio.Redis)
+        self._idle: list[Any] = []  # connections kept for script calls, between calls
         self._queue: list[_Call] = []
         self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
@@ -133,11 +135,12 @@ class RateLimiter:
         if not limits:
             return UNLIMITED
         now = self.clock()
-        for limit in limits:
-            until = self.refusing.get(limit.key, now)
-            if until is not None and until > now:
-                wait = math.ceil(until - now)
-                return Verdict(False, 429, Reason.RATE_LIMITED, limit, 0, wait, max(1, wait))
+        if self.refusing:  # empty while no one is over a limit: nothing to look up
+            for limit in limits:
+                until = self.refusing.get(limit.key, now)
+                if until is not None and until > now:
+                    wait = math.ceil(until - now)
+                    return Verdict(False, 429, Reason.RATE_LIMITED, limit, 0, wait, max(1, wait))
         if not self.breaker.allow(now):
             return self._without_redis(limits)
         return None
@@ -192,16 +195,15 @@ class RateLimiter:
         self.calls += len(batch)
         self.script_calls += 1
         RATELIMIT_CALLS.inc()
-        keys = [limit.key for call in batch for limit in call.limits]
         args = " ".join([call.args for call in batch])
         try:
             # The client's socket timeouts bound Redis itself (connect, each
             # read); waiting for a pooled connection is not counted against it.
             try:
-                reply = await self.client.evalsha(self._sha, len(keys), *keys, args)
+                reply = await self._evalsha(batch, args)
             except NoScriptError:  # Redis restarted empty
                 await self.client.script_load(GCRA_SCRIPT)
-                reply = await self.client.evalsha(self._sha, len(keys), *keys, args)
+                reply = await self._evalsha(batch, args)
             numbers = [int(x) for x in reply.split()]
         except Exception as err:  # every waiting request must get its answer
             self.breaker.failure(self.clock())
@@ -216,9 +218,41 @@ class RateLimiter:
         metrics.BREAKER_OPEN.set(False)
         at = 0
         for call in batch:
-            size = 1 + 3 * len(call.limits)
-            self._answer(call, self._verdict(call.limits, numbers[at:at + size], call.now))
-            at += size
+            self._answer(call, self._verdict(call.limits, numbers, at, call.now))
+            at += 1 + 3 * len(call.limits)
+
+    async def _evalsha(self, batch: list[_Call], args: str) -> Any:
+        """gcra_batch.lua on every limit key of the batch, in order."""
+        if not self._direct:  # a Redis Cluster (or a stand-in): the client routes it
+            keys = [limit.key for call in batch for limit in call.limits]
+            return await self.client.evalsha(self._sha, len(keys), *keys, args)
+        # A standalone or Sentinel-managed Redis: the command packed here from
+        # the keys' pre-encoded forms, sent on a connection this limiter keeps
+        # (one per script call in flight), which skips redis-py's per-call
+        # packing, pool checkout and bookkeeping (a third of the limiter's
+        # time). Every failure disconnects the connection (redis-py's own
+        # send and read do), so the next call reconnects it.
+        key_args = [limit.key_arg for call in batch for limit in call.limits]
+        count = str(len(key_args)).encode()
+        encoded = args.encode()
+        packed = b"".join([b"*%d\r\n" % (len(key_args) + 4), self._evalsha_head,
+                           b"$%d\r\n%s\r\n" % (len(count), count), *key_args,
+                           b"$%d\r\n%s\r\n" % (len(encoded), encoded)])
+        connection = self._idle.pop() if self._idle else \
+            await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            # The client's retry policy (once, on a fresh connection, after
+            # Redis restarted), as execute_command applies it.
+            return await connection.retry.call_with_retry(
+                lambda: self._round_trip(connection, packed),
+                lambda _error: connection.disconnect())
+        finally:
+            self._idle.append(connection)
+
+    @staticmethod
+    async def _round_trip(connection: Any, packed: bytes) -> Any:
+        await connection.send_packed_command(packed)
+        return await connection.read_response()
 
     def _answer(self, call: _Call, verdict: Verdict) -> None:
         try:
@@ -226,22 +260,25 @@ class RateLimiter:
         except Exception:  # one failing answer must not leave the rest of its batch waiting
             self.log.exception("ratelimit_answer_error")
 
-    def _verdict(self, limits: Sequence[Limit], result: list[int], now: float) -> Verdict:
-        admitted = result[0] == 1
-        tightest: tuple[int, int, int, Limit] | None = None
-        retry_us = 0
-        for index, limit in enumerate(limits):
-            remaining, reset_us, limit_retry_us = result[1 + 3 * index: 4 + 3 * index]
+    def _verdict(self, limits: Sequence[Limit], numbers: list[int], at: int,
+                 now: float) -> Verdict:
+        """A request's verdict from its part of the script's answer, from
+        numbers[at]: admitted, then remaining, reset_us, retry_us per limit."""
+        admitted = numbers[at] == 1
+        tightest = None  # the limit with the fewest requests remaining
+        fewest = reset_us = retry_us = 0
+        for limit in limits:
+            remaining, limit_reset_us, limit_retry_us = numbers[at + 1:at + 4]
+            at += 3
             if limit_retry_us > 0:
                 retry_us = max(retry_us, limit_retry_us)
                 self.refusing.put(limit.key, now + limit_retry_us / 1_000_000, now)
-            if tightest is None or remaining < tightest[0]:
-                tightest = (remaining, reset_us, limit_retry_us, limit)
+            if tightest is None or remaining < fewest:
+                tightest, fewest, reset_us = limit, remaining, limit_reset_us
         assert tightest is not None
-        remaining, reset_us, _, limit = tightest
         if admitted:
-            return Verdict(True, 200, None, limit, remaining, _seconds_up(reset_us))
-        return Verdict(False, 429, Reason.RATE_LIMITED, limit, remaining, _seconds_up(reset_us),
+            return Verdict(True, 200, None, tightest, fewest, _seconds_up(reset_us))
+        return Verdict(False, 429, Reason.RATE_LIMITED, tightest, fewest, _seconds_up(reset_us),
                        max(1, _seconds_up(retry_us)))
 
     def _without_redis(self, limits: Sequence[Limit]) -> Verdict:

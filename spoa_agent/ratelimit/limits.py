@@ -69,3 +69,10 @@ class Limit:
     key: str
     rate: Rate
     on_redis_error: OnRedisError = OnRedisError.CLOSED
+    # The key as a RESP bulk string, encoded once here: the limiter packs its
+    # script call from these instead of encoding every key of every request.
+    key_arg: bytes = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        key = self.key.encode()
+        object.__setattr__(self, "key_arg", b"$%d\r\n%s\r\n" % (len(key), key))

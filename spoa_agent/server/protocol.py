@@ -25,7 +25,6 @@ from spoa_agent.server.settings import ServerConfig
 from spoa_agent.spop import (
     CLOSED,
     NEED_DATA,
-    Ack,
     Action,
     AgentConnection,
     AgentDisconnect,
@@ -356,12 +355,12 @@ class SpopProtocol(asyncio.Protocol):
 
     def _send_ack(self, notify: Notify, actions: Actions) -> None:
         try:
-            data = self.conn.send(Ack(notify.stream_id, notify.frame_id, tuple(actions)))
+            data = self.conn.ack(notify.stream_id, notify.frame_id, actions)
         except (ValueError, TypeError) as err:
             # Our handler's answer cannot be sent; an empty ACK still lets
             # HAProxy decide now (haproxy.cfg fails closed on missing vars).
             self.log.error("handler_bad_reply", error=str(err))
-            data = self.conn.send(Ack(notify.stream_id, notify.frame_id))
+            data = self.conn.ack(notify.stream_id, notify.frame_id)
         self._write(data)
 
     # --- flow control and shutdown -----------------------------------------

@@ -8,6 +8,7 @@ send in AGENT-DISCONNECT. No sockets, clocks or logging here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum, auto
 
 from spoa_agent.spop.constants import (
@@ -23,11 +24,13 @@ from spoa_agent.spop.errors import SpopError
 from spoa_agent.spop.frames import (
     DECODERS,
     Ack,
+    Action,
     AgentDisconnect,
     AgentHello,
     Frame,
     HaproxyHello,
     decode_header,
+    encode_ack,
     encode_frame,
 )
 
@@ -181,8 +184,20 @@ class AgentConnection:
         data = encode_frame(event)
         if type(event) is AgentDisconnect:
             self.state = State.CLOSED
-        elif len(data) - LENGTH.size > self.max_frame_size:
+        else:
+            self._check_size(data)
+        return data
+
+    def ack(self, stream_id: int, frame_id: int, actions: Iterable[Action] = ()) -> bytes:
+        """send(Ack(stream_id, frame_id, actions)) without building the Ack:
+        the same bytes and the same size check, for the one frame the server
+        sends per request."""
+        data = encode_ack(stream_id, frame_id, actions)
+        self._check_size(data)
+        return data
+
+    def _check_size(self, data: bytes) -> None:
+        if len(data) - LENGTH.size > self.max_frame_size:
             # Only our own handlers can cause this; the server answers an
             # empty ACK instead so HAProxy still gets its reply at once.
             raise ValueError(f"frame of {len(data)} bytes over max-frame-size")
-        return data

@@ -9,7 +9,7 @@ Both directions exist for every frame type so that tests can play HAProxy.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import NamedTuple
@@ -36,8 +36,13 @@ _LONG = 240  # a varint this large or larger takes more than one byte
 # Plain ints: comparing with an enum member costs an attribute lookup each time.
 _STRING, _NULL = int(DataType.STRING), int(DataType.NULL)
 _BINARY, _IPV4 = int(DataType.BINARY), int(DataType.IPV4)
+_SIZED = frozenset((_STRING, _BINARY))  # a length, then the bytes
 # The same few client addresses come back request after request.
 _ipv4 = functools.lru_cache(maxsize=65536)(IPv4Address)
+# The same few argument names (spoe-agent.conf's) come in every NOTIFY: their
+# bytes map to the str once decoded. Bounded: the peer chooses the names.
+_ARG_NAMES: dict[bytes, str] = {}
+_MAX_ARG_NAMES = 1024
 
 
 def _split_list(text: str) -> frozenset[str]:
@@ -217,9 +222,23 @@ def _encode_action(action: Action, value_type: str) -> bytes:
     raise TypeError(f"not an SPOP action: {action!r}")
 
 
+_ACK_HEADER = FRAME_HEADER.pack(FrameType.ACK, FrameFlags.FIN)
+
+
+def encode_ack(stream_id: int, frame_id: int, actions: Iterable[Action]) -> bytes:
+    """The bytes of an ACK frame, as encode_frame(Ack(...)) gives them, without
+    building the event: the server sends one per request. Its actions are
+    mostly Encoded already (see Encoded), so they are copied, not encoded."""
+    payload = b"".join([action.data if type(action) is Encoded else encode_action(action)
+                        for action in actions])
+    ids = bytes((stream_id, frame_id)) if stream_id < _LONG and frame_id < _LONG \
+        else encode_varint(stream_id) + encode_varint(frame_id)
+    return b"".join((LENGTH.pack(FRAME_HEADER.size + len(ids) + len(payload)), _ACK_HEADER,
+                     ids, payload))
+
+
 def _encode_ack(ev: Ack) -> bytes:
-    payload = b"".join(encode_action(action) for action in ev.actions)
-    return _frame(FrameType.ACK, payload, ev.stream_id, ev.frame_id)
+    return encode_ack(ev.stream_id, ev.frame_id, ev.actions)
 
 
 _ENCODERS: dict[type, Callable[..., bytes]] = {
@@ -318,48 +337,62 @@ def _decode_agent_disconnect(head: FrameHeader, buf: Buffer) -> AgentDisconnect:
 
 def _decode_notify(head: FrameHeader, buf: Buffer) -> Notify:
     # The hot path of the agent (one call per request): names and strings
-    # shorter than 240 bytes, whose length is one byte, and NULLs are read
-    # inline; everything else goes through the general decoders.
+    # shorter than 240 bytes, whose length is one byte, NULLs, short BINARY
+    # and IPv4 values are read inline; everything else goes through the
+    # general decoders. An index past the end is a truncated frame.
+    if type(buf) is not bytes:
+        buf = bytes(buf)  # its slices are then bytes: hashable, and copied once
     messages = []
     pos = head.payload_at
     end = len(buf)
-    while pos < end:
-        name, pos = decode_str(buf, pos)
-        if pos >= end:
-            raise SpopError(Status.INVALID_FRAME, "truncated message")
-        nb_args = buf[pos]
-        pos += 1
-        args: dict[str, Value] = {}
-        for _ in range(nb_args):
-            size = buf[pos] if pos < end else _LONG
-            if size < _LONG and pos + 1 + size <= end:
-                key = str(buf[pos + 1 : pos + 1 + size], "utf-8", "surrogateescape")
-                pos += 1 + size
-            else:
-                key, pos = decode_str(buf, pos)
-            kind = buf[pos] if pos < end else -1
-            if kind == _STRING and pos + 1 < end and buf[pos + 1] < _LONG:
-                start = pos + 2
-                pos = start + buf[pos + 1]
-                if pos > end:
-                    raise SpopError(Status.INVALID_FRAME, "truncated string")
-                args[key] = str(buf[start:pos], "utf-8", "surrogateescape")
-            elif kind == _NULL:
-                args[key] = None
-                pos += 1
-            elif kind == _BINARY and pos + 1 < end and buf[pos + 1] < _LONG:
-                # Headers HAProxy cut with bytes() (credentials), an empty body.
-                start = pos + 2
-                pos = start + buf[pos + 1]
-                if pos > end:
-                    raise SpopError(Status.INVALID_FRAME, "truncated binary")
-                args[key] = bytes(buf[start:pos])
-            elif kind == _IPV4 and pos + 5 <= end:
-                args[key] = _ipv4(bytes(buf[pos + 1 : pos + 5]))
-                pos += 5
-            else:
+    names = _ARG_NAMES
+    try:
+        while pos < end:
+            name, pos = decode_str(buf, pos)
+            nb_args = buf[pos]
+            pos += 1
+            args: dict[str, Value] = {}
+            for _ in range(nb_args):
+                size = buf[pos]
+                if size < _LONG:
+                    pos += 1
+                    raw = buf[pos : pos + size]
+                    pos += size
+                    key = names.get(raw)
+                    if key is None:
+                        if pos > end:
+                            raise SpopError(Status.INVALID_FRAME, "truncated argument name")
+                        key = str(raw, "utf-8", "surrogateescape")
+                        if len(names) < _MAX_ARG_NAMES:
+                            names[raw] = key
+                else:
+                    key, pos = decode_str(buf, pos)
+                kind = buf[pos]
+                if kind == _NULL:
+                    args[key] = None
+                    pos += 1
+                    continue
+                if kind in _SIZED:
+                    size = buf[pos + 1]
+                    if size < _LONG:
+                        start = pos + 2
+                        pos = start + size
+                        if pos > end:
+                            raise SpopError(Status.INVALID_FRAME, "truncated string")
+                        # BINARY: headers HAProxy cut with bytes() (credentials), a body.
+                        if kind == _STRING:
+                            args[key] = str(buf[start:pos], "utf-8", "surrogateescape")
+                        else:
+                            args[key] = buf[start:pos]
+                        continue
+                elif kind == _IPV4 and pos + 5 <= end:
+                    args[key] = _ipv4(buf[pos + 1 : pos + 5])
+                    pos += 5
+                    continue
                 args[key], pos = decode_value(buf, pos)
-        messages.append(Message(name, args))
+            messages.append(Message(name, args))
+    except IndexError:
+        raise SpopError(Status.INVALID_FRAME, "truncated message") from None
     return Notify(head.stream_id, head.frame_id, tuple(messages))
 
 

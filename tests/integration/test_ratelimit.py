@@ -233,3 +233,20 @@ def test_a_failing_answer_leaves_no_other_request_of_its_batch_waiting(
         assert [entry["event"] for entry in logs] == ["ratelimit_answer_error"]
 
     run(body)
+
+
+def test_the_script_is_loaded_again_when_redis_forgot_it(redis_gw: Gateway) -> None:
+    async def body() -> None:
+        rl = limiter(redis_gw.redis_url)
+        limits = [limit("100/m", name="noscript")]
+        assert (await rl.check(limits)).admitted
+        watcher = sync_client(redis_gw.redis_url)
+        try:
+            watcher.script_flush()  # as a Redis restarted empty, or SCRIPT FLUSH
+        finally:
+            watcher.close()
+        verdict = await rl.check(limits)
+        assert verdict.admitted and verdict.remaining == 98  # the first one still counts
+        assert rl.script_calls == 2
+
+    run(body)

@@ -38,6 +38,11 @@ FRAMES: list[Frame] = [
     Notify(9, 3, (Message("check-request", {
         "authorization": b"Bearer " + b"k" * 232, "long": b"b" * 240, "body": b"",
         "ip": IPv4Address("192.0.2.1"), "text": "t" * 239, "longer": "t" * 240}),)),
+    # Values of one byte, without a length after their type, end the frame.
+    Notify(10, 1, (Message("check-request", {"ip": IPv4Address("192.0.2.1"), "ok": True}),)),
+    Notify(11, 1, (Message("check-request", {"empty": "", "off": False}),)),
+    Notify(12, 1, (Message("a", {"none": None}), Message("b", {"x": "y", "z": b"",
+                                                                "t": True}))),
     Ack(7, 1, ()),
     Ack(1, 2, (SetVar("decision", "allow"), SetVar("status", 200, Scope.REQUEST),
                UnsetVar("reason", Scope.SESSION), SetVar("flag", True))),
