@@ -40,6 +40,7 @@ from spoa_agent.server.workers import worker_index
 from spoa_agent.spop import Message, Value
 from spoa_agent.store.redis import async_client, close, redacted, subscriber_client, warm_up
 from spoa_agent.store.tokens import KeyLookup, follow_changes
+from spoa_agent.usage.ingest import serve_usage
 
 CHECK_REQUEST = "check-request"
 PLAN_CACHE_SIZE = 65536  # limit plans kept, (caller, address, rule) each
@@ -298,13 +299,34 @@ def build_agent(config: Config, log: Any) -> Agent:
         clients.append(limiter_client)
         checker.limiter = RateLimiter(limiter_client, log,
                                       give_up_after=config.server.handler_timeout)
+        await start_usage()
         if await checker.limiter.load() and await warm_up(limiter_client):
             log.info("redis_ready", url=redacted(config.redis.url))
         else:
             log.warning("redis_unavailable", url=redacted(config.redis.url),
                         error="starting anyway; limits follow on_redis_error until it answers")
 
+    servers: list[asyncio.Server] = []
+
+    async def start_usage() -> None:
+        # HAProxy's Lua sends each answer's usage here (spoa_agent/usage).
+        if config.usage.listen is None:
+            return
+        client = async_client(config.redis.url, config.redis.timeout, config.redis.password)
+        clients.append(client)
+        try:
+            server = await serve_usage(client, config.usage, log,
+                                       reuse_port=config.server.workers > 1)
+        except OSError as err:  # SPOP is served still; HAProxy keeps the records
+            log.error("usage_listen_failed", listen=str(config.usage.listen),
+                      error=err.strerror)
+            return
+        if server is not None:
+            servers.append(server)
+
     async def disconnect_redis() -> None:
+        for server in servers:
+            server.close()
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -24,6 +24,7 @@ from spoa_agent.ratelimit.settings import LimitSpec, RateLimitConfig
 from spoa_agent.server.settings import Listen, ServerConfig
 from spoa_agent.spop import MIN_FRAME_SIZE
 from spoa_agent.store.redis import DEFAULT_TIMEOUT, DEFAULT_URL, parse_url
+from spoa_agent.usage.settings import UsageSettings
 
 ENV_CONFIG = "SPOA_AGENT_CONFIG"
 ENV_LISTEN = "SPOA_AGENT_LISTEN"
@@ -31,6 +32,7 @@ ENV_LOG_FILE = "SPOA_AGENT_LOG_FILE"
 ENV_REDIS_URL = "SPOA_AGENT_REDIS_URL"
 ENV_REDIS_PASSWORD = "SPOA_AGENT_REDIS_PASSWORD"
 ENV_METRICS_LISTEN = "SPOA_AGENT_METRICS_LISTEN"
+ENV_USAGE_LISTEN = "SPOA_AGENT_USAGE_LISTEN"
 
 
 class ConfigError(Exception):
@@ -68,6 +70,7 @@ class Config:
     auth: AuthSettings = field(default_factory=AuthSettings)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    usage: UsageSettings = field(default_factory=UsageSettings)
     routes: tuple[Route, ...] = ()
     # `deny_all = true`: no routes on purpose; without it a file with none is an error.
     deny_all: bool = False
@@ -382,6 +385,29 @@ def _metrics(reader: _Reader, data: Mapping[str, Any]) -> MetricsConfig:
         return MetricsConfig()
 
 
+def _usage(reader: _Reader, data: Mapping[str, Any]) -> UsageSettings:
+    d = UsageSettings()
+    reader.unknown(data, {"listen", "retention_days", "per_key_metrics"}, "usage")
+    listen = d.listen
+    if "listen" in data:
+        if data["listen"] in ("", "off"):
+            listen = None
+        else:
+            try:
+                listen = parse_listen(str(data["listen"]))
+            except ValueError as err:
+                reader.problem("usage.listen", str(err))
+    per_key = data.get("per_key_metrics", d.per_key_metrics)
+    if type(per_key) is not bool:
+        reader.problem("usage.per_key_metrics", f"must be true or false, got {per_key!r}")
+        per_key = d.per_key_metrics
+    return UsageSettings(
+        listen=listen,
+        retention_days=reader.integer(data, "retention_days", "usage", d.retention_days, 1, 3660),
+        per_key_metrics=per_key,
+    )
+
+
 def _declared_scopes(reader: _Reader, auth: Mapping[str, Any]) -> frozenset[str] | None:
     """[auth] scopes: the scopes that exist, if the config declares them."""
     if "scopes" not in auth:
@@ -460,7 +486,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     problems: list[str] = []
     reader = _Reader(source, problems)
     reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "ratelimit", "metrics",
-                          "presets", "routes", "deny_all"}, "")
+                          "usage", "presets", "routes", "deny_all"}, "")
     config = Config(
         server=_server(reader, reader.table(data, "server", "server")),
         log=_log(reader, reader.table(data, "log", "log")),
@@ -468,6 +494,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         auth=_auth(reader, reader.table(data, "auth", "auth"), reader.table(data, "jwt", "jwt")),
         ratelimit=_ratelimit(reader, reader.table(data, "ratelimit", "ratelimit")),
         metrics=_metrics(reader, reader.table(data, "metrics", "metrics")),
+        usage=_usage(reader, reader.table(data, "usage", "usage")),
         routes=_routes(reader, data.get("routes", []), data.get("presets", []),
                        _declared_scopes(reader, reader.table(data, "auth", "auth"))),
         source=source,
@@ -497,8 +524,8 @@ def _read_toml(path: Path, source: str) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the file (if any), then apply SPOA_AGENT_LISTEN, SPOA_AGENT_REDIS_URL and
-    SPOA_AGENT_LOG_FILE."""
+    """Read the file (if any), then apply the SPOA_AGENT_* environment overrides
+    (LISTEN, REDIS_URL, REDIS_PASSWORD, METRICS_LISTEN, USAGE_LISTEN, LOG_FILE)."""
     env = os.environ if env is None else env
     if path is None:
         config = Config()
@@ -525,6 +552,12 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         except ValueError as err:
             raise ConfigError([f"{ENV_METRICS_LISTEN}: {err}"]) from None
         config = replace(config, metrics=metrics)
+    if env.get(ENV_USAGE_LISTEN):
+        try:
+            usage_listen = parse_listen(env[ENV_USAGE_LISTEN])
+        except ValueError as err:
+            raise ConfigError([f"{ENV_USAGE_LISTEN}: {err}"]) from None
+        config = replace(config, usage=replace(config.usage, listen=usage_listen))
     if env.get(ENV_LOG_FILE):
         config = replace(config, log=replace(config.log, file=env[ENV_LOG_FILE]))
     return config

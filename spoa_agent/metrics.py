@@ -43,6 +43,9 @@ class Tally:
     def inc(self, *labels: str) -> None:
         self.counts[labels] = self.counts.get(labels, 0) + 1
 
+    def add(self, amount: int, *labels: str) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + amount
+
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         for labels, count in list(self.counts.items()):
@@ -77,6 +80,16 @@ DECISION_SECONDS = Timings(
     "spoa_decision_seconds", "Time the agent takes to decide (from NOTIFY to answer)",
     (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 FRAMES = Tally("spoa_spop_frames", "SPOP frames received, by type", ("type",))
+# LLM usage as the upstream reported it (spoa_agent/usage): models are few.
+LLM_TOKENS = Tally("spoa_llm_tokens", "LLM tokens the upstream reported, by model and "
+                   "direction (in, out)", ("model", "direction"))
+LLM_REQUESTS = Tally("spoa_llm_requests", "Answers counted for usage, by model and status "
+                     "class", ("model", "status"))
+# Per key: only when [usage] per_key_metrics is on (keys are unbounded).
+LLM_KEY_TOKENS = Tally("spoa_llm_key_tokens", "LLM tokens by key (or JWT subject) and "
+                       "direction", ("key", "direction"))
+USAGE_DROPPED = Tally("spoa_usage_dropped", "Usage records not counted, by reason",
+                      ("reason",))
 PROTOCOL_ERRORS = Counter("spoa_spop_errors", "Connections ended by a protocol error, "
                           "by SPOP status", ["status"], registry=REGISTRY)
 IN_FLIGHT = Gauge("spoa_in_flight", "NOTIFYs being handled that wait on I/O",

@@ -17,6 +17,7 @@ from spoa_agent.cli.doctor import doctor
 from spoa_agent.cli.install import files, setup, uninstall
 from spoa_agent.cli.secret_input import read_secret
 from spoa_agent.cli.token import token
+from spoa_agent.cli.usage import usage
 from spoa_agent.config import ENV_CONFIG, Config, ConfigError, load_config, parse_listen
 from spoa_agent.server.settings import Listen
 from spoa_agent.store.redis import parse_url
@@ -230,7 +231,7 @@ def config_validate(ctx: click.Context, path: str | None) -> None:
 
 cli.add_command(token)
 cli.add_command(doctor)
-for command in (files, setup, uninstall):
+for command in (files, setup, uninstall, usage):
     cli.add_command(command)
 
 

@@ -150,6 +150,8 @@ class Gateway:
     agent_port: int = field(default_factory=free_port)
     upstream_port: int = field(default_factory=free_port)
     redis_port: int = field(default_factory=free_port)
+    # Where the first agent takes usage records from HAProxy's Lua (USAGE_ADDR).
+    usage_port: int = field(default_factory=free_port)
     processes: dict[str, Process] = field(default_factory=dict)
     # More of haproxy.cfg's variables (TLS_CERT_DIR, HOSTS_MAP, ...).
     haproxy_extra_env: dict[str, str] = field(default_factory=dict)
@@ -264,7 +266,12 @@ class Gateway:
         port = port or self.agent_port
         argv = [sys.executable, "-m", "spoa_agent", "--config", str(config), "serve",
                 "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
-        proc = spawn(name, argv, self.workdir, env={"SPOA_AGENT_REDIS_URL": self.redis_url})
+        # Other agents of this gateway take usage on ports of their own (HAProxy
+        # sends it to the first one's).
+        usage_port = self.usage_port if name == "agent" else free_port()
+        proc = spawn(name, argv, self.workdir, env={
+            "SPOA_AGENT_REDIS_URL": self.redis_url,
+            "SPOA_AGENT_USAGE_LISTEN": f"127.0.0.1:{usage_port}"})
         wait_for_port(port, proc.popen)
         self.processes[name] = proc
         return proc
@@ -273,6 +280,7 @@ class Gateway:
         return {
             "GATEWAY_BIND": f"127.0.0.1:{self.gateway_port}",
             "AGENT_ADDR": f"127.0.0.1:{self.agent_port}",
+            "USAGE_ADDR": f"127.0.0.1:{self.usage_port}",
             "UPSTREAM_ADDR": f"127.0.0.1:{self.upstream_port}",
             # One demo upstream plays every AI node unless a test says otherwise.
             "OPENWEBUI_ADDR": f"127.0.0.1:{self.upstream_port}",

@@ -42,7 +42,7 @@ import struct
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
@@ -52,7 +52,7 @@ MODEL = "llama3.2:1b"
 WORDS = ("Hello", " from", " the", " upstream.")
 TEXT = "".join(WORDS)
 CREATED_AT = "2025-01-01T00:00:00Z"  # fixed: answers stay comparable between runs
-USAGE_IN, USAGE_OUT = 1, 5
+USAGE_OUT = 5  # the base of the output tokens reported (Request.usage)
 MAX_DELAY = 10.0  # seconds: a typo in a test must not hang the suite
 MAX_BODY = 16 << 20  # bytes, request bodies and WebSocket frames alike
 RECORD_BODY = 4096  # bytes of each request body kept by --record
@@ -69,6 +69,21 @@ class Request:
     path: str  # without the query string
     headers: Message
     body: JSON  # the JSON body of a POST, else empty
+    # The token counts the answer reported, once it did (--record writes them).
+    reported: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        """The (input, output) tokens this request is said to use: made up,
+        but different from one request to the next, so that sums count."""
+        digest = hashlib.sha256(json.dumps(self.body, sort_keys=True).encode()).digest()
+        return 3 + digest[0] % 200, USAGE_OUT + digest[1] % 100
+
+    def report(self) -> tuple[int, int]:
+        """The usage, noted as reported by this answer."""
+        if not self.reported:
+            self.reported.append(self.usage)
+        return self.reported[0]
 
     @property
     def model(self) -> str:
@@ -147,8 +162,10 @@ def _chat_chunk(model: str, delta: JSON, finish: str | None = None) -> JSON:
             "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
-_OPENAI_USAGE = {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT,
-                 "total_tokens": USAGE_IN + USAGE_OUT}
+def _openai_usage(req: Request) -> JSON:
+    used_in, used_out = req.report()
+    return {"prompt_tokens": used_in, "completion_tokens": used_out,
+            "total_tokens": used_in + used_out}
 
 
 def _chat_completion_events(req: Request) -> Iterator[bytes]:
@@ -159,7 +176,7 @@ def _chat_completion_events(req: Request) -> Iterator[bytes]:
     yield _sse(_chat_chunk(req.model, {}, "stop"))
     options = req.body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
-        yield _sse({**_chat_chunk(req.model, {}), "choices": [], "usage": _OPENAI_USAGE})
+        yield _sse({**_chat_chunk(req.model, {}), "choices": [], "usage": _openai_usage(req)})
     yield b"data: [DONE]\n\n"
 
 
@@ -170,7 +187,7 @@ def _chat_completion(req: Request) -> Reply | Stream:
         "id": "chatcmpl-demo", "object": "chat.completion", "created": 0, "model": req.model,
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": TEXT}}],
-        "usage": _OPENAI_USAGE,
+        "usage": _openai_usage(req),
     })
 
 
@@ -182,27 +199,29 @@ def _response_item(text: str, status: str) -> JSON:
             "content": content if status == "completed" else []}
 
 
-def _response(model: str, status: str = "completed") -> JSON:
+def _response(req: Request, status: str = "completed") -> JSON:
     done = status == "completed"
+    model = req.model
+    used_in, used_out = req.report() if done else (0, 0)
     return {
         "id": "resp_demo", "object": "response", "created_at": 0, "status": status,
         "model": model, "output": [_response_item(TEXT, status)] if done else [],
         "error": None, "incomplete_details": None, "instructions": None, "metadata": {},
         "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
         "temperature": None, "top_p": None,
-        "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT,
-                  "total_tokens": USAGE_IN + USAGE_OUT,
+        "usage": {"input_tokens": used_in, "output_tokens": used_out,
+                  "total_tokens": used_in + used_out,
                   "input_tokens_details": {"cached_tokens": 0},
                   "output_tokens_details": {"reasoning_tokens": 0}} if done else None,
     }
 
 
-def _response_events(model: str) -> Iterator[JSON]:
+def _response_events(req: Request) -> Iterator[JSON]:
     # The order client.responses.stream() checks: each part is opened before use.
     at = {"item_id": "msg_demo", "output_index": 0, "content_index": 0}
     part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-    yield {"type": "response.created", "response": _response(model, "in_progress")}
-    yield {"type": "response.in_progress", "response": _response(model, "in_progress")}
+    yield {"type": "response.created", "response": _response(req, "in_progress")}
+    yield {"type": "response.in_progress", "response": _response(req, "in_progress")}
     yield {"type": "response.output_item.added", "output_index": 0,
            "item": _response_item("", "in_progress")}
     yield {"type": "response.content_part.added", **at, "part": part}
@@ -212,27 +231,29 @@ def _response_events(model: str) -> Iterator[JSON]:
     yield {"type": "response.content_part.done", **at, "part": {**part, "text": TEXT}}
     yield {"type": "response.output_item.done", "output_index": 0,
            "item": _response_item(TEXT, "completed")}
-    yield {"type": "response.completed", "response": _response(model)}
+    yield {"type": "response.completed", "response": _response(req)}
 
 
 def _responses(req: Request) -> Reply | Stream:
     if req.streams(default=False):
         numbered = ({**event, "sequence_number": n}
-                    for n, event in enumerate(_response_events(req.model)))
+                    for n, event in enumerate(_response_events(req)))
         return Stream("text/event-stream", _typed_sse(numbered))
-    return Reply(_response(req.model))
+    return Reply(_response(req))
 
 
 # --- Anthropic Messages ----------------------------------------------------------------
 
-def _message(model: str, content: list[JSON], stop: str | None, output_tokens: int) -> JSON:
-    return {"id": "msg_demo", "type": "message", "role": "assistant", "model": model,
+def _message(req: Request, content: list[JSON], stop: str | None, output_tokens: int) -> JSON:
+    return {"id": "msg_demo", "type": "message", "role": "assistant", "model": req.model,
             "content": content, "stop_reason": stop, "stop_sequence": None,
-            "usage": {"input_tokens": USAGE_IN, "output_tokens": output_tokens}}
+            "usage": {"input_tokens": req.report()[0], "output_tokens": output_tokens}}
 
 
-def _message_events(model: str) -> Iterator[JSON]:
-    yield {"type": "message_start", "message": _message(model, [], None, 0)}
+def _message_events(req: Request) -> Iterator[JSON]:
+    # As Anthropic streams: input tokens (and 1 output) in message_start, the
+    # output's running total in message_delta.
+    yield {"type": "message_start", "message": _message(req, [], None, 1)}
     yield {"type": "content_block_start", "index": 0,
            "content_block": {"type": "text", "text": ""}}
     for word in WORDS:
@@ -240,14 +261,14 @@ def _message_events(model: str) -> Iterator[JSON]:
                "delta": {"type": "text_delta", "text": word}}
     yield {"type": "content_block_stop", "index": 0}
     yield {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-           "usage": {"output_tokens": USAGE_OUT}}
+           "usage": {"output_tokens": req.report()[1]}}
     yield {"type": "message_stop"}
 
 
 def _messages(req: Request) -> Reply | Stream:
     if req.streams(default=False):
-        return Stream("text/event-stream", _typed_sse(_message_events(req.model)))
-    return Reply(_message(req.model, [{"type": "text", "text": TEXT}], "end_turn", USAGE_OUT))
+        return Stream("text/event-stream", _typed_sse(_message_events(req)))
+    return Reply(_message(req, [{"type": "text", "text": TEXT}], "end_turn", req.report()[1]))
 
 
 # --- Ollama ----------------------------------------------------------------------------
@@ -257,18 +278,22 @@ _DETAILS = {"parent_model": "", "format": "gguf", "family": "llama", "families":
 _TAG = {"name": MODEL, "model": MODEL, "modified_at": CREATED_AT, "size": 1321098329,
         "digest": "baf6a787fdffd633537aa2eb51cfd54cb93ff08e28040095462bb63daf552878",
         "details": _DETAILS}
-_DONE = {"done": True, "done_reason": "stop", "total_duration": 1000, "load_duration": 10,
-         "prompt_eval_count": USAGE_IN, "prompt_eval_duration": 10,
-         "eval_count": USAGE_OUT, "eval_duration": 900}
+
+
+def _done(req: Request) -> JSON:
+    used_in, used_out = req.report()
+    return {"done": True, "done_reason": "stop", "total_duration": 1000, "load_duration": 10,
+            "prompt_eval_count": used_in, "prompt_eval_duration": 10,
+            "eval_count": used_out, "eval_duration": 900}
 
 
 def _ollama(req: Request, part: Callable[[str], JSON]) -> Reply | Stream:
     """Ollama streams unless told "stream": false: a JSON line a word, then a done line."""
     head = {"model": req.model, "created_at": CREATED_AT}
     if not req.streams(default=True):
-        return Reply({**head, **part(TEXT), **_DONE})
+        return Reply({**head, **part(TEXT), **_done(req)})
     lines = [{**head, **part(word), "done": False} for word in WORDS]
-    lines.append({**head, **part(""), **_DONE})
+    lines.append({**head, **part(""), **_done(req)})
     return Stream("application/x-ndjson", (json.dumps(line).encode() + b"\n" for line in lines))
 
 
@@ -281,6 +306,7 @@ def _embedding(text: object) -> list[float]:
 def _embed(req: Request) -> Reply:
     given = req.body.get("input", "")
     texts = given if isinstance(given, list) else [given]
+    req.reported.append((len(texts), 0))
     return Reply({"model": req.model, "embeddings": [_embedding(t) for t in texts],
                   "total_duration": 1000, "load_duration": 10, "prompt_eval_count": len(texts)})
 
@@ -536,7 +562,7 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         upgrade = {token.strip() for token in self.headers.get("Upgrade", "").lower().split(",")}
         return self.command == "GET" and "websocket" in upgrade
 
-    def _record(self, raw: bytes | None) -> None:
+    def _record(self, raw: bytes | None, reported: tuple[int, int] | None = None) -> None:
         target = getattr(self.server, "record_to", None)
         if target is None:
             return
@@ -545,6 +571,8 @@ class UpstreamHandler(BaseHTTPRequestHandler):
             "headers": [[name, value] for name, value in self.headers.items()],
             "body_len": None if raw is None else len(raw),
             "body": None if raw is None else raw[:RECORD_BODY].decode("utf-8", "replace"),
+            # The (input, output) tokens the answer reported, if it did.
+            "usage": reported,
         }).encode() + b"\n"
         # One write per line on an O_APPEND descriptor: lines of concurrent
         # requests never interleave.
@@ -560,22 +588,25 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         try:
             delay = _seconds(self.headers, "X-Upstream-Delay")
             chunk_delay = _seconds(self.headers, "X-Upstream-Chunk-Delay")
-            try:
-                raw = _read_body(self.headers, self.rfile)
-            finally:
-                self._record(raw)
+            raw = _read_body(self.headers, self.rfile)
             body = _json_object(raw) if self.command == "POST" else {}
         except BadRequest as e:
+            self._record(raw)
             # The body's framing may be broken: this connection carries nothing more.
             self._send_reply(Reply({"error": f"bad request: {e}"}, 400), close=True)
             return
         if self._is_websocket():
+            self._record(raw)
             self._websocket()
             return
         if self.command == "POST":
             time.sleep(delay)  # tests of requests in flight ask for a slow answer
         route = _route(self.command, path)
-        reply = route(Request(path, self.headers, body)) if route else None
+        request = Request(path, self.headers, body)
+        reply = route(request) if route else None
+        if isinstance(reply, Stream):  # its events are made as they are sent
+            reply = Stream(reply.media_type, list(reply.events))
+        self._record(raw, request.reported[0] if request.reported else None)
         if isinstance(reply, Stream):
             self._send_stream(reply, chunk_delay)
         else:

@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from spoa_agent.demo.upstream import (
     MODEL,
     TEXT,
+    USAGE_OUT,
     UpstreamHandler,
     UpstreamServer,
     websocket_accept,
@@ -161,7 +162,9 @@ def test_openai_chat_streamed(openai_client: openai.OpenAI) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == TEXT
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    usage = chunks[-1].usage  # asked for: the last chunk, with no choices
+    assert usage is not None and usage.completion_tokens >= USAGE_OUT
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
 def test_openai_responses(openai_client: openai.OpenAI) -> None:
@@ -199,7 +202,7 @@ def test_anthropic_message_streamed(anthropic_client: anthropic.Anthropic) -> No
         final = stream.get_final_message()
     assert text == TEXT
     assert final.stop_reason == "end_turn"
-    assert final.usage.output_tokens == 5
+    assert final.usage.output_tokens >= USAGE_OUT and final.usage.input_tokens > 0
 
 
 def test_anthropic_create_stream_events(anthropic_client: anthropic.Anthropic) -> None:

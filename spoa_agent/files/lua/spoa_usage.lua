@@ -1,0 +1,187 @@
+-- spoa_usage.lua: the LLM usage of every answer to an allowed request with a
+-- principal (API key or JWT), as the upstream itself reports it, sent to the
+-- agent, which keeps the sums per principal and model in Redis.
+--
+-- A filter (haproxy.cfg: `filter lua.spoa-usage`) reads each answer as it
+-- streams by, without holding it back: it keeps the last numbers it saw
+--   OpenAI          "prompt_tokens", "completion_tokens" (non-streamed; streamed
+--                   only when the request asked for stream_options.include_usage)
+--   OpenAI Responses, Anthropic   "input_tokens", "output_tokens" (Anthropic
+--                   streams input in message_start, the output's running total
+--                   in message_delta: the last value is the total)
+--   Ollama          "prompt_eval_count", "eval_count" (the final, done object)
+-- and the first "model". When the answer ends, one record goes into a queue;
+-- a task sends the queue to the agent (USAGE_ADDR, 127.0.0.1:12346 by
+-- default) as `batch N` and N JSON lines, and drops the records only once the
+-- agent answered `ok N` (they are in Redis). While the agent is away the
+-- records wait here, up to MAX_QUEUE; the agent counts a record sent twice
+-- once (by its id, HAProxy's unique-id).
+--
+-- A JSON string cannot hold an unescaped quote, so text the model writes
+-- (always inside strings) cannot fake a `"prompt_tokens":` with its quotes.
+
+local MAX_QUEUE = 100000 -- records; beyond, the oldest are dropped (and counted)
+local BATCH = 500
+local TAIL = 64 -- bytes of what came before a chunk, scanned again with it:
+                -- a number or name split across two chunks is read whole
+
+local COUNTS = {
+  { "input", '"prompt_tokens"%s*:%s*(%d+)' },
+  { "output", '"completion_tokens"%s*:%s*(%d+)' },
+  { "input", '"input_tokens"%s*:%s*(%d+)' },
+  { "output", '"output_tokens"%s*:%s*(%d+)' },
+  { "input", '"prompt_eval_count"%s*:%s*(%d+)' },
+  { "output", '"eval_count"%s*:%s*(%d+)' },
+}
+local MODEL = '"model"%s*:%s*"([^"\\]*)"'
+
+local usage = {}
+
+-- Scans one piece of an answer (with the previous piece's tail) into `seen`.
+function usage.scan(seen, text)
+  for _, count in ipairs(COUNTS) do
+    for n in text:gmatch(count[2]) do
+      seen[count[1]] = tonumber(n)
+    end
+  end
+  if seen.model == nil then
+    seen.model = text:match(MODEL)
+  end
+end
+
+-- Feeds the next piece of an answer, as it streams by.
+function usage.feed(seen, chunk)
+  local text = (seen.tail or "") .. chunk
+  usage.scan(seen, text)
+  seen.tail = text:sub(-TAIL)
+end
+
+local function quoted(s)
+  return '"' .. tostring(s):gsub('[%c"\\]', function(c)
+    return string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+-- One record, a JSON object on one line.
+function usage.record(id, key, name, seen, status, size, ms, ts)
+  return string.format(
+    '{"id":%s,"key":%s,"name":%s,"model":%s,"status":%d,"in":%d,"out":%d,"bytes":%d,"ms":%d,"ts":%d}',
+    quoted(id), quoted(key), quoted(name), quoted(seen.model or ""), status,
+    seen.input or 0, seen.output or 0, size, ms, ts)
+end
+
+-- The queue: records from `first` to `last`.
+local queue, first, last, dropped = {}, 1, 0, 0
+
+local function push(line)
+  last = last + 1
+  queue[last] = line
+  if last - first + 1 > MAX_QUEUE then
+    queue[first] = nil
+    first = first + 1
+    dropped = dropped + 1
+  end
+end
+
+local function millis()
+  local now = core.now()
+  return now.sec * 1000 + now.usec // 1000
+end
+
+local Filter = {}
+Filter.id = "spoa-usage"
+Filter.flags = filter and filter.FLT_CFG_FL_HTX -- nil outside HAProxy (tests)
+Filter.__index = Filter
+
+function Filter:new()
+  return setmetatable({ started = millis(), seen = {}, size = 0, status = 0 }, Filter)
+end
+
+function Filter:start_analyze(txn, chn)
+  -- Only answers to allowed requests with a principal are counted.
+  if chn:is_resp() and txn:get_var("txn.spoa.decision") == "allow"
+      and txn:get_var("txn.spoa.principal_id") ~= nil then
+    self.counted = true
+    filter.register_data_filter(self, chn)
+  end
+end
+
+function Filter:http_headers(txn, http_msg)
+  if self.counted and http_msg.channel:is_resp() then
+    self.status = tonumber(http_msg:get_stline().code) or 0
+  end
+  return filter.CONTINUE
+end
+
+function Filter:http_payload(txn, http_msg)
+  local body = http_msg:body()
+  if body == nil or #body == 0 then
+    return
+  end
+  self.size = self.size + #body
+  usage.feed(self.seen, body)
+end
+
+function Filter:end_analyze(txn, chn)
+  if not (self.counted and chn:is_resp()) then
+    return
+  end
+  local ended = millis()
+  push(usage.record(txn.f:unique_id() or "", txn:get_var("txn.spoa.principal_id"),
+    txn:get_var("txn.spoa.principal") or "", self.seen, self.status, self.size,
+    ended - self.started, ended // 1000))
+end
+
+-- The sender: one connection to the agent, a batch at a time.
+local function sender()
+  local host, port = (os.getenv("USAGE_ADDR") or "127.0.0.1:12346"):match("^(.*):(%d+)$")
+  local sock = nil
+  while true do
+    if dropped > 0 then
+      core.Warning(string.format("spoa-usage: %d records dropped (queue full)", dropped))
+      dropped = 0
+    end
+    local n = math.min(last - first + 1, BATCH)
+    if n <= 0 then
+      core.msleep(50)
+    else
+      if sock == nil then
+        sock = core.tcp()
+        sock:settimeout(5)
+        if not sock:connect(host, tonumber(port)) then
+          sock = nil
+        end
+      end
+      local answer = nil
+      if sock ~= nil then
+        local lines = { "batch " .. n }
+        for i = first, first + n - 1 do
+          lines[#lines + 1] = queue[i]
+        end
+        if sock:send(table.concat(lines, "\n") .. "\n") then
+          answer = sock:receive("*l")
+        end
+      end
+      if answer == "ok " .. n then
+        for i = first, first + n - 1 do
+          queue[i] = nil
+        end
+        first = first + n
+      else
+        -- The agent or Redis is away: keep the batch, try again in a second.
+        if sock ~= nil then
+          sock:close()
+          sock = nil
+        end
+        core.msleep(1000)
+      end
+    end
+  end
+end
+
+if core ~= nil and core.register_filter ~= nil then
+  core.register_filter("spoa-usage", Filter, function(f, args) return f end)
+  core.register_task(sender)
+end
+
+return usage

@@ -1,0 +1,66 @@
+"""One answer's usage, as HAProxy's Lua sends it: one JSON object a line.
+
+HAProxy and its Lua are trusted (loopback, the gateway's own), but a record
+is still checked field by field: a malformed one is dropped and counted,
+never half-counted, and nothing in it can grow the agent's memory or Redis
+beyond the bounds below.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import orjson
+
+MAX_LINE = 4096  # bytes: a record is well under 1 KiB
+MAX_TOKENS = 1 << 40  # any count above is not a count
+# A name (principal, model) is printable text of bounded length: it becomes
+# part of a Redis hash field, joined with the others by SEPARATOR.
+_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+SEPARATOR = "\x1f"
+MISSING_MODEL = "-"  # answers that name no model (GET /api/tags, errors)
+
+
+class UsageRecord(NamedTuple):
+    id: str  # HAProxy's unique-id of the request: a resent record counts once
+    principal: str  # key id, or JWT subject
+    name: str  # the key's name (shown by `spoa-agent usage`)
+    model: str  # as the upstream reported it
+    status: int  # the upstream's HTTP status
+    input: int  # tokens in, as reported (0: none reported)
+    output: int  # tokens out
+    bytes: int  # of the answer's body
+    ms: int  # from the request's start to the answer's end
+    ts: int  # Unix time of the answer's end (HAProxy's clock)
+
+    @property
+    def status_class(self) -> str:
+        return f"{self.status // 100}xx" if 100 <= self.status <= 599 else "other"
+
+
+def parse_record(line: bytes) -> UsageRecord | None:
+    """The record of one line, or None when the line is not one."""
+    if len(line) > MAX_LINE:
+        return None
+    try:
+        raw = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    ident, principal = raw.get("id"), raw.get("key")
+    if not isinstance(principal, str) or not _NAME.fullmatch(principal):
+        return None
+    if not isinstance(ident, str) or not 0 < len(ident) <= 256:
+        return None
+    name = raw.get("name")
+    name = name if isinstance(name, str) and _NAME.fullmatch(name) else principal
+    model = raw.get("model") or MISSING_MODEL
+    if not isinstance(model, str) or not _NAME.fullmatch(model):
+        model = "other"  # still counted, under a name that cannot harm
+    numbers = [raw.get(field, 0) for field in ("status", "in", "out", "bytes", "ms", "ts")]
+    if not all(type(n) is int and 0 <= n < MAX_TOKENS for n in numbers):
+        return None
+    status, used_in, used_out, size, ms, ts = numbers
+    return UsageRecord(ident, principal, name, model, status, used_in, used_out, size, ms, ts)
