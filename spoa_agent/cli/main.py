@@ -118,7 +118,8 @@ def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
     log = agent_logging.get_logger()
     if not config.routes and not config.deny_all:  # no file at all: a file must say deny_all
         log.warning("no_routes", error="no [[routes]] configured: every request is denied")
-    agent = build_agent(config, log)
+    # The agent's own listeners (usage) share their ports between workers too.
+    agent = build_agent(replace(config, server=server), log)
     log_path = config.log.file
 
     def reopen_log() -> None:

@@ -74,7 +74,7 @@ def test_the_installed_files_are_all_there(installed: Path, tmp_path: Path) -> N
     relative = {str(Path(name).relative_to(shipped)) for name in listed}
     assert relative >= {
         "haproxy/haproxy.cfg", "haproxy/spoe-agent.conf", "haproxy/hosts.map",
-        "lua/spoa_deny.lua", "fail2ban/filter.d/spoa-agent.conf",
+        "lua/spoa_deny.lua", "lua/spoa_usage.lua", "fail2ban/filter.d/spoa-agent.conf",
         "fail2ban/action.d/haproxy-spoa.conf", "fail2ban/jail.d/spoa-agent.local",
         "systemd/spoa-agent.service", "systemd/haproxy.service.d/spoa-gateway.conf",
         "logrotate/spoa-agent", "agent.example.toml"}
