@@ -4,7 +4,7 @@
     .venv/bin/python bench/auth_flood.py [--haproxy 2.8] [--flood 2000] [--duration 6]
 
 A real gateway (spoa_agent.demo.stack.gateway: Redis, the demo upstream, the
-agent with config/agent.example.toml, HAProxy with haproxy/haproxy.cfg), then
+agent with the example config, HAProxy with the shipped haproxy.cfg), then
 two phases of `--duration` seconds:
 
   quiet  127.0.0.3 sends a cached valid key, one request every 10 ms on a
@@ -63,10 +63,11 @@ from spoa_agent.demo.stack import (  # noqa: E402
     haproxy_version,
 )
 from spoa_agent.demo.upstream import UpstreamHandler, UpstreamServer  # noqa: E402
+from spoa_agent.install.shipped import EXAMPLE_CONFIG  # noqa: E402
 from spoa_agent.store.redis import sync_client  # noqa: E402
 from spoa_agent.store.tokens import KeyRecord, TokenStore  # noqa: E402
 
-CONFIG = REPO / "config" / "agent.example.toml"
+CONFIG = EXAMPLE_CONFIG
 UNLIMITED = {'per_key = "120/m"': 'per_key = "1000000/m"',
              'per_ip = "600/m"': 'per_ip = "1000000/m"'}
 FLOODER, CLIENT, NEWCOMER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
@@ -213,7 +214,7 @@ def run(haproxy: str, flood: int, duration: float) -> dict[str, Any]:
 
 def measure(gw: Gateway, flood: int, duration: float) -> dict[str, Any]:
     store = TokenStore(sync_client(gw.redis_url))
-    hasher = SecretHasher()  # the CLI's parameters, as config/agent.example.toml
+    hasher = SecretHasher()  # the CLI's parameters, as the example config
     _, cached = new_key(store, hasher, "cached")
     target_id, _ = new_key(store, hasher, "brute-forced")
     fresh = [new_key(store, hasher, f"newcomer{i}")[1] for i in range(NEWCOMERS)]
