@@ -94,7 +94,7 @@ Filter.flags = filter and filter.FLT_CFG_FL_HTX -- nil outside HAProxy (tests)
 Filter.__index = Filter
 
 function Filter:new()
-  return setmetatable({ started = millis(), seen = {}, size = 0, status = 0 }, Filter)
+  return setmetatable({ started = millis(), seen = {}, size = 0 }, Filter)
 end
 
 function Filter:start_analyze(txn, chn)
@@ -106,30 +106,33 @@ function Filter:start_analyze(txn, chn)
   end
 end
 
-function Filter:http_headers(txn, http_msg)
-  if self.counted and http_msg.channel:is_resp() then
-    self.status = tonumber(http_msg:get_stline().code) or 0
-  end
-  return filter.CONTINUE
-end
-
 function Filter:http_payload(txn, http_msg)
   local body = http_msg:body()
   if body == nil or #body == 0 then
     return
   end
   self.size = self.size + #body
-  usage.feed(self.seen, body)
+  -- Counting must never cost the client its answer: an error here is
+  -- HAProxy's to log, the answer goes on.
+  local ok, err = pcall(usage.feed, self.seen, body)
+  if not ok then
+    core.Warning("spoa-usage: " .. tostring(err))
+  end
 end
 
 function Filter:end_analyze(txn, chn)
   if not (self.counted and chn:is_resp()) then
     return
   end
-  local ended = millis()
-  push(usage.record(txn.f:unique_id() or "", txn:get_var("txn.spoa.principal_id"),
-    txn:get_var("txn.spoa.principal") or "", self.seen, self.status, self.size,
-    ended - self.started, ended // 1000))
+  local ok, err = pcall(function()
+    local ended = millis()
+    push(usage.record(txn.f:unique_id() or "", txn:get_var("txn.spoa.principal_id"),
+      txn:get_var("txn.spoa.principal") or "", self.seen, tonumber(txn.f:status()) or 0,
+      self.size, ended - self.started, ended // 1000))
+  end)
+  if not ok then
+    core.Warning("spoa-usage: " .. tostring(err))
+  end
 end
 
 -- The sender: one connection to the agent, a batch at a time.
