@@ -523,6 +523,16 @@ def _read_toml(path: Path, source: str) -> dict[str, Any]:
         raise ConfigError([f"{source}: not valid TOML: {err}"]) from None
 
 
+def _env_listen(env: Mapping[str, str], name: str) -> Listen | None:
+    """HOST:PORT from the environment variable `name`, if it is set."""
+    if not env.get(name):
+        return None
+    try:
+        return parse_listen(env[name])
+    except ValueError as err:
+        raise ConfigError([f"{name}: {err}"]) from None
+
+
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
     """Read the file (if any), then apply the SPOA_AGENT_* environment overrides
     (LISTEN, REDIS_URL, REDIS_PASSWORD, METRICS_LISTEN, USAGE_LISTEN, LOG_FILE)."""
@@ -532,11 +542,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     else:
         source = str(path)
         config = parse_config(_read_toml(Path(path), source), source)
-    if env.get(ENV_LISTEN):
-        try:
-            listen = parse_listen(env[ENV_LISTEN])
-        except ValueError as err:
-            raise ConfigError([f"{ENV_LISTEN}: {err}"]) from None
+    listen = _env_listen(env, ENV_LISTEN)
+    if listen is not None:
         config = replace(config, server=replace(config.server, listen=listen))
     if env.get(ENV_REDIS_URL):
         try:
@@ -546,17 +553,11 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         config = replace(config, redis=replace(config.redis, url=env[ENV_REDIS_URL]))
     if env.get(ENV_REDIS_PASSWORD):
         config = replace(config, redis=replace(config.redis, password=env[ENV_REDIS_PASSWORD]))
-    if env.get(ENV_METRICS_LISTEN):
-        try:
-            metrics = MetricsConfig(parse_listen(env[ENV_METRICS_LISTEN]))
-        except ValueError as err:
-            raise ConfigError([f"{ENV_METRICS_LISTEN}: {err}"]) from None
-        config = replace(config, metrics=metrics)
-    if env.get(ENV_USAGE_LISTEN):
-        try:
-            usage_listen = parse_listen(env[ENV_USAGE_LISTEN])
-        except ValueError as err:
-            raise ConfigError([f"{ENV_USAGE_LISTEN}: {err}"]) from None
+    metrics_listen = _env_listen(env, ENV_METRICS_LISTEN)
+    if metrics_listen is not None:
+        config = replace(config, metrics=MetricsConfig(metrics_listen))
+    usage_listen = _env_listen(env, ENV_USAGE_LISTEN)
+    if usage_listen is not None:
         config = replace(config, usage=replace(config.usage, listen=usage_listen))
     if env.get(ENV_LOG_FILE):
         config = replace(config, log=replace(config.log, file=env[ENV_LOG_FILE]))

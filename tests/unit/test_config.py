@@ -128,6 +128,27 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         load_config(path, env={"SPOA_AGENT_LISTEN": "7000"})
 
 
+def test_usage_settings_and_their_environment(tmp_path: Path) -> None:
+    assert load_config(None, env={}).usage.listen == Listen("127.0.0.1", 12346)
+    path = write(tmp_path, 'deny_all = true\n[usage]\nlisten = "off"\nretention_days = 90\n'
+                 'per_key_metrics = true\n')
+    config = load_config(path, env={})
+    assert (config.usage.listen, config.usage.retention_days, config.usage.per_key_metrics) \
+        == (None, 90, True)
+    assert load_config(path, env={"SPOA_AGENT_USAGE_LISTEN": "127.0.0.1:9"}).usage.listen \
+        == Listen("127.0.0.1", 9)
+    with pytest.raises(ConfigError, match="SPOA_AGENT_USAGE_LISTEN"):
+        load_config(path, env={"SPOA_AGENT_USAGE_LISTEN": "nowhere"})
+    bad = write(tmp_path, 'deny_all = true\n[usage]\nretention_days = 0\nper_key_metrics = 1\n'
+                'colour = "blue"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, env={})
+    assert sorted(problem.split(": ", 1)[1] for problem in err.value.problems) == [
+        "usage.colour: unknown setting",
+        "usage.per_key_metrics: must be true or false, got 1",
+        "usage.retention_days: must be an integer from 1 to 3660, got 0"]
+
+
 @pytest.mark.parametrize(("text", "listen"), [
     ("127.0.0.1:12345", Listen("127.0.0.1", 12345)),
     (":80", Listen("0.0.0.0", 80)),
