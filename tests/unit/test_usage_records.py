@@ -1,0 +1,85 @@
+"""Usage records as HAProxy's Lua sends them, and the report's rows: pure
+code, table-tested (the whole path runs in tests/clients/test_usage.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spoa_agent.usage.record import MAX_LINE, parse_record
+from spoa_agent.usage.report import render, rows
+from spoa_agent.usage.store import Cell, Usage, buckets, script_args
+
+GOOD = {"id": "h-1-2-3", "key": "k1", "name": "laptop aider", "model": "llama3.2:1b",
+        "status": 200, "in": 12, "out": 3, "bytes": 400, "ms": 25, "ts": 1796040000}
+
+
+def line(**changes: object) -> bytes:
+    return json.dumps({**GOOD, **changes}).encode()
+
+
+def test_a_record_is_read_field_by_field() -> None:
+    record = parse_record(line())
+    assert record is not None
+    assert (record.principal, record.name, record.model, record.input, record.output,
+            record.status_class) == ("k1", "laptop aider", "llama3.2:1b", 12, 3, "2xx")
+
+
+@pytest.mark.parametrize("bad", [
+    b"not json", b"[1, 2]", line(id=""), line(key=""), line(key="a\nb"), line(**{"in": -1}),
+    line(out=1 << 41), line(status="200"), line(ms=1.5), b"{" + b" " * MAX_LINE + b"}",
+])
+def test_what_is_not_a_record_is_dropped_whole(bad: bytes) -> None:
+    assert parse_record(bad) is None
+
+
+def test_odd_names_still_count_under_safe_ones() -> None:
+    record = parse_record(line(model="x\x00y", name="tab\there", status=999))
+    assert record is not None
+    assert (record.model, record.name, record.status_class) == ("other", "k1", "other")
+    no_model = parse_record(line(model=""))
+    assert no_model is not None and no_model.model == "-"
+
+
+def test_the_script_gets_eleven_values_per_record() -> None:
+    record = parse_record(line())
+    assert record is not None
+    args = script_args([record, record], retention_days=35)
+    assert len(args) == 3 + 2 * 11
+    assert args[3:14] == ["h-1-2-3", "2026113012", "20261130", "k1", "laptop aider",
+                          "llama3.2:1b", "2xx", 12, 3, 400, 25]
+
+
+def test_short_periods_read_hourly_roll_ups_and_long_ones_daily() -> None:
+    now = 1796040000.0
+    kind, names = buckets(now - 3 * 3600, now)
+    assert kind == "h" and len(names) == 4
+    kind, names = buckets(now - 10 * 86400, now)
+    assert kind == "d" and len(names) == 11
+
+
+def cells() -> list[Cell]:
+    return [Cell("2026113000", "k1", "m1", Usage(2, 10, 4, 100, 30, 0)),
+            Cell("2026113001", "k1", "m2", Usage(1, 100, 50, 10, 10, 1)),
+            Cell("2026113001", "k2", "m1", Usage(1, 1, 1, 1, 1, 0))]
+
+
+def test_rows_by_key_model_and_day() -> None:
+    by_key = rows(cells(), "key", {"k1": "laptop"})
+    assert [(r["key"], r["name"], r["requests"], r["tokens"], r["errors"], r["avg_ms"])
+            for r in by_key] == [("k1", "laptop", 3, 164, 1, 13), ("k2", "k2", 1, 2, 0, 1)]
+    assert [(r["model"], r["tokens"]) for r in rows(cells(), "model", {})] == [
+        ("m2", 150), ("m1", 16)]
+    assert [(r["day"], r["requests"]) for r in rows(cells(), "day", {})] == [("2026-11-30", 4)]
+
+
+def test_render_as_table_csv_and_json() -> None:
+    table = rows(cells(), "model", {})
+    text = render(table, "table").splitlines()
+    assert text[0].split() == ["model", "requests", "tokens_in", "tokens_out", "tokens",
+                               "errors", "bytes", "avg_ms"]
+    assert text[-1].split() == ["total", "4", "111", "55", "166", "1", "111"]
+    assert render(table, "csv").splitlines()[1] == "m2,1,100,50,150,1,10,10"
+    assert json.loads(render(table, "json")) == table
+    assert render([], "table") == "no usage recorded in this period"
