@@ -40,6 +40,7 @@ from spoa_agent.spop import (
     encode_frame,
 )
 from spoa_agent.store.redis import redacted, sync_client
+from spoa_agent.usage.settings import DEFAULT_LISTEN as DEFAULT_USAGE_LISTEN
 
 # The checks run at once, so this bounds the whole run. Generous: a loaded
 # host has been seen taking seconds to start a Python tool (fail2ban-client),
@@ -738,7 +739,22 @@ def upstream_exposed_check(url: str, port: int) -> Check:
 
 # --- the checklist -----------------------------------------------------------
 
-NODE_CHECKS = ("config", "agent", "haproxy-backend", "haproxy-config", *REDIS_NAMES,
+def usage_check(addr: str | None) -> Check:
+    """The agent's usage port, where HAProxy's Lua sends what each answer used."""
+    if addr is None:
+        return Check("usage", True, "usage counting is off ([usage] listen)")
+    try:
+        host, port = split_addr(addr)
+        with socket.create_connection((host, port), timeout=IO_TIMEOUT):
+            pass
+    except (OSError, ValueError) as err:
+        return Check("usage", False, f"{addr}: {_error(err)}",
+                     "the agent takes usage records there ([usage] listen, HAProxy's "
+                     "USAGE_ADDR); until it does, HAProxy holds them in memory")
+    return Check("usage", True, f"{addr}: the agent takes usage records")
+
+
+NODE_CHECKS = ("config", "agent", "usage", "haproxy-backend", "haproxy-config", *REDIS_NAMES,
                "fail2ban", "fail2ban-banlist", "tls")
 URL_CHECKS = ("no-key", "blocked", "key", "upstream-exposed")
 ALL_CHECKS = NODE_CHECKS + URL_CHECKS
@@ -750,10 +766,14 @@ def node_probes(node: Node, config: Config | None, haproxy: str, fail2ban: str,
     HAProxy reaches the agent at the drop-in's AGENT_ADDR: that is where the
     agent must answer, whatever agent.toml says."""
     agent_addr = node.agent_addr or (str(config.server.listen) if config else None)
+    usage_listen = config.usage.listen if config else DEFAULT_USAGE_LISTEN
+    usage_addr = node.haproxy_env.get("USAGE_ADDR") or (str(usage_listen) if usage_listen
+                                                        else None)
     probes = [
         Probe(("agent",), lambda: agent_check(agent_addr) if agent_addr else Check(
             "agent", False, "no address: the drop-in has no AGENT_ADDR and the config "
             "did not load", "fix the config check first")),
+        Probe(("usage",), lambda: usage_check(usage_addr)),
         Probe(("haproxy-backend",), lambda: haproxy_backend_check(node)),
         Probe(("haproxy-config",), lambda: haproxy_config_check(node, haproxy)),
     ]

@@ -216,6 +216,8 @@ def test_agent_stopped(deployment: Deployment) -> None:
         assert not checks["agent"].ok
         assert "refused" in checks["agent"].detail.lower()
         assert "systemctl restart spoa-agent" in checks["agent"].fix
+        # Nor does anything take HAProxy's usage records.
+        assert not checks["usage"].ok and "USAGE_ADDR" in checks["usage"].fix
         # What does not need the agent still passes.
         for name in ("config", "haproxy-config", "redis", "redis-persistence", "fail2ban",
                      "fail2ban-banlist", "tls", "upstream-exposed"):
