@@ -26,7 +26,7 @@ from spoa_agent.auth import Authenticator, AuthFailure, Principal, VerifierPool
 from spoa_agent.auth.hashing import SecretHasher
 from spoa_agent.auth.jwt import JwtConfigError, JwtVerifier
 from spoa_agent.config import Config, ConfigError, load_config
-from spoa_agent.outcome import Outcome, Stage, render
+from spoa_agent.outcome import MODEL_LISTS, Outcome, Stage, models_var, render
 from spoa_agent.policy import Decision, RouteTable
 from spoa_agent.policy.access import check_access
 from spoa_agent.policy.routes import refuse
@@ -169,7 +169,7 @@ class RequestChecker:
             return Outcome(refuse(auth.reason), "auth", key_id=auth.key_id)
         principal = auth if type(auth) is Principal else None
         if decision.allowed:
-            decision = check_access(decision, principal, request.body)
+            decision = check_access(decision, principal, request.body, request.path)
         if not decision.allowed:
             return Outcome(decision, "policy", principal)
         if self.limiter is None:
@@ -228,7 +228,14 @@ class RequestChecker:
                 self._log("warning", CLIENT_ACTIONS[outcome.stage], outcome, request, elapsed)
         elif self.log_successes:
             self._log("info", "request_allowed", outcome, request, elapsed)
-        return render(outcome)
+        actions = render(outcome)
+        principal = outcome.principal
+        if decision.allowed and principal is not None and principal.models \
+                and request.path in MODEL_LISTS:
+            # The gateway answers the list itself (lua/spoa_deny.lua): a key
+            # sees only the models it may use.
+            return (*actions, models_var(principal.models))
+        return actions
 
     def _log(self, level: str, action: str, outcome: Outcome, request: CheckRequest,
              elapsed: int) -> None:

@@ -60,6 +60,17 @@ def render(outcome: Outcome) -> tuple[Action, ...]:
     return (Encoded(b"".join(parts)),)
 
 
+# The paths that list models (OpenAI's and Anthropic's, Ollama's): for a key
+# limited to some models, the gateway answers them with those models.
+MODEL_LISTS = frozenset({"/v1/models", "/api/tags"})
+
+
+@functools.lru_cache(maxsize=1024)
+def models_var(models: frozenset[str]) -> Encoded:
+    """The key's models for lua/spoa_deny.lua's list, one per line."""
+    return Encoded.of(SetVar("models", "\n".join(sorted(models))))
+
+
 @functools.lru_cache(maxsize=1024)
 def decision_vars(allowed: bool, status: int, reason: str, rule: str) -> bytes:
     """What haproxy.cfg decides on. Cached, and encoded once: decisions are

@@ -67,6 +67,9 @@ class Reason(StrEnum):
     ROUTE_NOT_ALLOWED_FOR_KEY = "route_not_allowed_for_key", 403, "endpoint_not_allowed_for_key"
     MISSING_SCOPE = "missing_scope", 403, "insufficient_scope"
     MODEL_NOT_ALLOWED = "model_not_allowed", 403, "model_not_allowed"
+    # A key limited to some models asked for another by name (/v1/models/X):
+    # to that key it does not exist, as a server without it would answer.
+    MODEL_NOT_FOUND = "model_not_found", 404, "model_not_found"
 
     # --- limits (429) ---
     RATE_LIMITED = "rate_limited", 429, "rate_limited"

@@ -9,8 +9,12 @@ from spoa_agent.policy.body import BodyFacts, model_of
 from spoa_agent.policy.routes import Decision, refuse
 from spoa_agent.reasons import Reason
 
+# Where a client looks up one model by name (OpenAI's and Anthropic's API).
+MODEL_BY_NAME = "/v1/models/"
 
-def check_access(decision: Decision, principal: Principal | None, body: BodyFacts) -> Decision:
+
+def check_access(decision: Decision, principal: Principal | None, body: BodyFacts,
+                 path: str) -> Decision:
     """`decision` (an allowed route) if the caller may make this request, or
     the refusal, naming what it was about in `detail`."""
     route = decision.route
@@ -31,6 +35,10 @@ def check_access(decision: Decision, principal: Principal | None, body: BodyFact
     missing = route.scopes - principal.scopes
     if missing:
         return refuse(Reason.MISSING_SCOPE, rule, " ".join(sorted(missing)))
+    if principal.models and path.startswith(MODEL_BY_NAME):
+        named = path[len(MODEL_BY_NAME):]
+        if named not in principal.models:
+            return refuse(Reason.MODEL_NOT_FOUND, rule, named)
     if check_model:
         whole = body.whole()
         model = whole if isinstance(whole, Reason) else model_of(whole)

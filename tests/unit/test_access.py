@@ -19,6 +19,7 @@ TABLE = RouteTable((
     Route("/small", frozenset({"POST"}), "small", max_body=10),
     Route("/admin", frozenset({"POST"}), "admin", scopes=frozenset({"admin"}),
           rate=parse_rate("5/m")),
+    Route("/v1/models/{model}", frozenset({"GET"}), "model"),
 ))
 ANYONE = Principal("api_key", "k1", "laptop")
 ONE_MODEL = Principal("api_key", "k2", "kid", models=frozenset({"small-model"}))
@@ -29,6 +30,21 @@ ADMIN = Principal("api_key", "k4", "ops", scopes=frozenset({"admin"}))
 def body(data: bytes, length: str | None = "auto", **framing: str) -> BodyFacts:
     return BodyFacts("POST", str(len(data)) if length == "auto" else length,
                      framing.get("te"), framing.get("ce"), data)
+
+
+@pytest.mark.parametrize(("path", "principal", "expected"), [
+    ("/v1/models/small-model", ONE_MODEL, "allowed"),
+    ("/v1/models/big-model", ONE_MODEL, Reason.MODEL_NOT_FOUND),
+    ("/v1/models/Small-Model", ONE_MODEL, Reason.MODEL_NOT_FOUND),  # names are exact
+    ("/v1/models/big-model", ANYONE, "allowed"),  # a key without a list sees every model
+    ("/v1/models/big-model", None, "allowed"),
+])
+def test_a_key_limited_to_some_models_finds_no_other(path: str, principal: Principal | None,
+                                                     expected: str) -> None:
+    decision = check_access(TABLE.decide("GET", path), principal, body(b""), path)
+    assert decision.reason == expected
+    if expected != "allowed":
+        assert (decision.status, decision.detail) == (404, path.rsplit("/", 1)[1])
 
 
 @pytest.mark.parametrize(("path", "principal", "facts", "expected", "detail"), [
@@ -55,7 +71,7 @@ def body(data: bytes, length: str | None = "auto", **framing: str) -> BodyFacts:
 ])
 def test_access(path: str, principal: Principal | None, facts: BodyFacts, expected: str,
                 detail: str) -> None:
-    decision = check_access(TABLE.decide("POST", path), principal, facts)
+    decision = check_access(TABLE.decide("POST", path), principal, facts, path)
     assert (decision.reason, decision.detail) == (expected, detail)
     if expected != "allowed":
         assert isinstance(decision.reason, Reason)

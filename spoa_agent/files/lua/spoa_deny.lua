@@ -64,6 +64,8 @@ local REASONS = {
     "this API key lacks the scope this endpoint needs: %s" },
   model_not_allowed = { 403, "model_not_allowed",
     "model %s is not allowed for this API key: use one the key allows" },
+  model_not_found = { 404, "model_not_found",
+    "model %s does not exist for this API key: list the models it may use (GET /v1/models)" },
   model_missing = { 400, "model_missing",
     "this API key may use only some models: name one in the JSON body's \"model\" field" },
   body_too_large = { 413, "body_too_large",
@@ -83,6 +85,7 @@ M.BY_STATUS = {
   [401] = { 401, "invalid_api_key",
     "the API key is not valid: check it, or ask the gateway's operator for a new one" },
   [403] = { 403, "forbidden", "the gateway does not allow this request" },
+  [404] = { 404, "not_found", "not found" },
   [413] = { 413, "body_too_large", "the request body is too large" },
   [429] = { 429, "rate_limited", "too many requests: retry in %s s" },
   [503] = { 503, "temporarily_unavailable",
@@ -93,13 +96,13 @@ M.BY_STATUS = {
 -- status (the SDKs pick their exception by status; the type is for people).
 local ANTHROPIC_TYPES = {
   [400] = "invalid_request_error", [401] = "authentication_error",
-  [403] = "permission_error", [411] = "invalid_request_error", [413] = "request_too_large",
+  [403] = "permission_error", [404] = "not_found_error", [411] = "invalid_request_error", [413] = "request_too_large",
   [415] = "invalid_request_error",
   [429] = "rate_limit_error", [503] = "api_error",
 }
 local OPENAI_TYPES = {
   [400] = "invalid_request_error", [401] = "authentication_error",
-  [403] = "permission_error", [411] = "invalid_request_error", [413] = "invalid_request_error",
+  [403] = "permission_error", [404] = "invalid_request_error", [411] = "invalid_request_error", [413] = "invalid_request_error",
   [415] = "invalid_request_error",
   [429] = "rate_limit_error", [503] = "service_unavailable",
 }
@@ -156,7 +159,7 @@ function M.denial(vars)
     local fill = vars.detail or ""
     if status == 429 then
       fill = tostring(vars.retry_after or 1)
-    elseif reason == "model_not_allowed" then
+    elseif reason == "model_not_allowed" or reason == "model_not_found" then
       fill = "'" .. shown(fill, 100) .. "'"
     end
     message = message:format(fill)
@@ -234,6 +237,37 @@ function M.read_vars(get_var, names)
   return vars
 end
 
+--- The list of models a key may use (the agent's `models`, one per line),
+--- as the API of `path` lists models: what the gateway answers a key limited
+--- to some models, instead of the upstream's whole list.
+function M.model_list(models, path, anthropic_version)
+  local names = {}
+  for name in tostring(models or ""):gmatch("[^\n]+") do
+    names[#names + 1] = M.json_string(name)
+  end
+  local items = {}
+  local dialect = M.dialect(path, anthropic_version)
+  for i, name in ipairs(names) do
+    if dialect == "ollama" then
+      items[i] = '{"name":' .. name .. ',"model":' .. name
+        .. ',"modified_at":"1970-01-01T00:00:00Z","size":0,"digest":"","details":{}}'
+    elseif dialect == "anthropic" then
+      items[i] = '{"type":"model","id":' .. name .. ',"display_name":' .. name
+        .. ',"created_at":"1970-01-01T00:00:00Z"}'
+    else
+      items[i] = '{"id":' .. name .. ',"object":"model","created":0,"owned_by":"spoa-agent"}'
+    end
+  end
+  local list = "[" .. table.concat(items, ",") .. "]"
+  if dialect == "ollama" then
+    return '{"models":' .. list .. "}"
+  elseif dialect == "anthropic" then
+    return '{"data":' .. list .. ',"has_more":false,"first_id":' .. (names[1] or "null")
+      .. ',"last_id":' .. (names[#names] or "null") .. "}"
+  end
+  return '{"object":"list","data":' .. list .. "}"
+end
+
 --- The whole refusal: status, headers (Content-Type included) and body.
 function M.render(vars, path, anthropic_version)
   local status, code, message = M.denial(vars)
@@ -250,6 +284,22 @@ if core then
       applet.path, anthropic and anthropic[0])
     applet:set_status(status)
     for _, header in ipairs(headers) do
+      applet:add_header(header[1], header[2])
+    end
+    applet:add_header("Content-Length", tostring(#body))
+    applet:start_response()
+    applet:send(body)
+  end)
+
+  core.register_service("spoa-models", "http", function(applet)
+    local anthropic = applet.headers["anthropic-version"]
+    local body = M.model_list(applet:get_var("txn.spoa.models"), applet.path,
+      anthropic and anthropic[0])
+    applet:set_status(200)
+    applet:add_header("Content-Type", "application/json")
+    applet:add_header("Cache-Control", "no-store")
+    for _, header in ipairs(M.ratelimit_headers(M.read_vars(
+        function(name) return applet:get_var(name) end, M.RATELIMIT_VARS))) do
       applet:add_header(header[1], header[2])
     end
     applet:add_header("Content-Length", tostring(#body))
