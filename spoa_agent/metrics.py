@@ -43,6 +43,9 @@ class Tally:
     def inc(self, *labels: str) -> None:
         self.counts[labels] = self.counts.get(labels, 0) + 1
 
+    def add(self, count: int, *labels: str) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + count
+
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         for labels, count in list(self.counts.items()):

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from spoa_agent import metrics
-from spoa_agent.server.agent import Actions, Agent, Later
+from spoa_agent.server.agent import Actions, Agent, Answer, Later
 from spoa_agent.server.settings import ServerConfig
 from spoa_agent.spop import (
     CLOSED,
@@ -31,6 +31,7 @@ from spoa_agent.spop import (
     HaproxyDisconnect,
     HaproxyHello,
     Message,
+    MessageValues,
     Notify,
     SpopError,
     Status,
@@ -83,7 +84,7 @@ class SpopProtocol(asyncio.Protocol):
     ) -> None:
         self.agent = agent
         self.settings = settings
-        self.conn = AgentConnection(settings.max_frame_size)
+        self.conn = AgentConnection(settings.max_frame_size, schemas=agent.schemas)
         self.log = log
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
@@ -169,44 +170,52 @@ class SpopProtocol(asyncio.Protocol):
         too much work is in flight or the peer is not reading."""
         conn = self.conn
         budget = MESSAGES_PER_TURN
-        while not self._stalled:
-            if budget <= 0:
-                # The rest next turn, after every other connection's read;
-                # reading more of this one now would only grow the buffer.
-                if not self._backlog:
-                    self._backlog = True
-                    self._set_reading()
-                self._queue_resume()
-                return
-            try:
-                event = conn.next_event()
-            except SpopError as err:
-                self._fail(err)
-                return
-            kind = type(event)
-            if kind is Notify:
-                assert isinstance(event, Notify)
-                metrics.FRAMES.inc("notify")
-                budget -= len(event.messages) or 1
-                self._on_notify(event)
-                if self.in_flight >= self.settings.max_in_flight:
-                    self._stall(_IN_FLIGHT)
-            elif event is NEED_DATA:
-                if self._backlog:
-                    self._backlog = False
-                    self._set_reading()
-                return
-            elif kind is HaproxyHello:
-                assert isinstance(event, HaproxyHello)
-                self._on_hello(event)
-            elif kind is HaproxyDisconnect:
-                assert isinstance(event, HaproxyDisconnect)
-                self.log.debug("spop_haproxy_disconnect", status=event.status, error=event.message)
-                self._disconnect(Status.NORMAL, "bye")
-                return
-            elif event is CLOSED:
-                self.close()
-                return
+        notifies = 0
+        try:
+            while not self._stalled:
+                if budget <= 0:
+                    # The rest next turn, after every other connection's read;
+                    # reading more of this one now would only grow the buffer.
+                    if not self._backlog:
+                        self._backlog = True
+                        self._set_reading()
+                    self._queue_resume()
+                    return
+                try:
+                    event = conn.next_event()
+                except SpopError as err:
+                    self._fail(err)
+                    return
+                kind = type(event)
+                if kind is Notify:
+                    assert isinstance(event, Notify)
+                    notifies += 1
+                    budget -= len(event.messages) or 1
+                    self._on_notify(event)
+                    if self.in_flight >= self.settings.max_in_flight:
+                        self._stall(_IN_FLIGHT)
+                elif event is NEED_DATA:
+                    if self._backlog:
+                        self._backlog = False
+                        self._set_reading()
+                    return
+                elif kind is HaproxyHello:
+                    assert isinstance(event, HaproxyHello)
+                    self._on_hello(event)
+                elif kind is HaproxyDisconnect:
+                    assert isinstance(event, HaproxyDisconnect)
+                    self.log.debug("spop_haproxy_disconnect", status=event.status,
+                                   error=event.message)
+                    self._disconnect(Status.NORMAL, "bye")
+                    return
+                elif event is CLOSED:
+                    self.close()
+                    return
+        finally:
+            # Counted once per read rather than once per frame: the same
+            # total by the time anything (a scrape) reads it.
+            if notifies:
+                metrics.FRAMES.add(notifies, "notify")
 
     def _on_hello(self, hello: HaproxyHello) -> None:
         if self._hello_timer is not None:
@@ -253,13 +262,16 @@ class SpopProtocol(asyncio.Protocol):
         else:
             self._send_ack(notify, actions)
 
-    def _handle(self, message: Message) -> Actions | Later | Awaitable[Actions] | None:
+    def _handle(self, message: Message | MessageValues) -> Answer | None:
         """The message's handler's answer; None when there is none to give."""
-        handler = self.agent.handlers.get(message.name)
-        if handler is None:
-            self.log.warning("spop_unknown_message", message=message.name)
-            return None
         try:
+            if type(message) is MessageValues:  # its handler declared its arguments
+                return self.agent.value_handlers[message.name](message.values)
+            assert isinstance(message, Message)
+            handler = self.agent.handlers.get(message.name)
+            if handler is None:
+                self.log.warning("spop_unknown_message", message=message.name)
+                return None
             return handler(message)
         except Exception:
             self.log.exception("handler_error", message=message.name)
