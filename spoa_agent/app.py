@@ -114,14 +114,7 @@ class RequestChecker:
     def check_values(self, values: list[Value]) -> Actions | Later | Awaitable[Actions]:
         """The handler: the check-request message's values of ARGS."""
         started = time.perf_counter_ns()  # the agent's own time, in logs and metrics
-        return self.check(CheckRequest.from_values(values), started)
-
-    def __call__(self, message: Message) -> Actions | Later | Awaitable[Actions]:
-        """check_values() for the message by name (tests)."""
-        started = time.perf_counter_ns()
-        return self.check(CheckRequest.from_args(message.args), started)
-
-    def check(self, request: CheckRequest, started: int) -> Actions | Later | Awaitable[Actions]:
+        request = CheckRequest.from_values(values)
         step = self.decide(request)
         if type(step) is Outcome:
             return self.finish(step, request, started)
@@ -130,6 +123,10 @@ class RequestChecker:
             self.limiter.submit(step.limits, later)
             return later
         return self._finish_later(request, step, started)
+
+    def __call__(self, message: Message) -> Actions | Later | Awaitable[Actions]:
+        """check_values() for the message by name (tests)."""
+        return self.check_values([message.args.get(name) for name in ARGS])
 
     async def _finish_later(self, request: CheckRequest, step: Step, started: int) -> Actions:
         return self.finish(await self.resolve(request, step), request, started)

@@ -58,7 +58,7 @@ _WRITE_FULL = 2  # its peer is not reading: our write buffer is over WRITE_HIGH
 
 class _Waiting:
     """A NOTIFY whose handlers answer Later: what is answered so far. Each
-    Later calls it with its actions."""
+    Later calls it with its actions; the last one sends the ACK."""
 
     __slots__ = ("actions", "notify", "protocol", "remaining", "started")
 
@@ -71,7 +71,15 @@ class _Waiting:
         self.started = started
 
     def __call__(self, actions: Actions) -> None:
-        self.protocol._answered(self, actions)
+        if self not in self.protocol._waiting:
+            return  # answered already by the sweeper, or the connection is gone
+        self.remaining -= 1
+        if not self.remaining and not self.actions:  # the usual: one message's answer
+            self.protocol._done_waiting(self, actions)
+            return
+        self.actions.extend(actions)
+        if not self.remaining:
+            self.protocol._done_waiting(self, self.actions)
 
 
 class SpopProtocol(asyncio.Protocol):
@@ -103,7 +111,8 @@ class SpopProtocol(asyncio.Protocol):
         self._draining = False
         self._hello_timer: asyncio.TimerHandle | None = None
         self._batch: list[bytes] | None = None
-        self.drained = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.drained = self._loop.create_future()
 
     # --- asyncio callbacks ------------------------------------------------
 
@@ -134,7 +143,10 @@ class SpopProtocol(asyncio.Protocol):
         try:
             self._pump()
         finally:
-            self._flush()
+            if self._batch:
+                self._flush()
+            else:  # nothing answered inline (answers come Later)
+                self._batch = None
 
     def pause_writing(self) -> None:
         # The peer sends without reading: what it sends waits in its own
@@ -192,7 +204,7 @@ class SpopProtocol(asyncio.Protocol):
                     notifies += 1
                     budget -= len(event.messages) or 1
                     self._on_notify(event)
-                    if self.in_flight >= self.settings.max_in_flight:
+                    if len(self.tasks) + len(self._waiting) >= self.settings.max_in_flight:
                         self._stall(_IN_FLIGHT)
                 elif event is NEED_DATA:
                     if self._backlog:
@@ -290,27 +302,19 @@ class SpopProtocol(asyncio.Protocol):
                                                 self._expire, task)
 
     def _wait_for(self, notify: Notify, actions: list[Action], later: list[Later]) -> None:
-        loop = asyncio.get_running_loop()
-        waiting = _Waiting(self, notify, actions, len(later), loop.time())
+        waiting = _Waiting(self, notify, actions, len(later), self._loop.time())
         self._waiting[waiting] = None
         if self._sweeper is None:
-            self._sweeper = loop.call_at(waiting.started + self.settings.handler_timeout,
-                                         self._sweep)
+            self._sweeper = self._loop.call_at(waiting.started + self.settings.handler_timeout,
+                                               self._sweep)
         for each in later:
             each.then(waiting)
 
-    def _answered(self, waiting: _Waiting, actions: Actions) -> None:
-        if waiting not in self._waiting:
-            return  # answered already by the sweeper, or the connection is gone
-        waiting.actions.extend(actions)
-        waiting.remaining -= 1
-        if waiting.remaining == 0:
-            self._done_waiting(waiting)
-
-    def _done_waiting(self, waiting: _Waiting) -> None:
+    def _done_waiting(self, waiting: _Waiting, actions: Actions) -> None:
         del self._waiting[waiting]
-        self._send_ack(waiting.notify, waiting.actions)
-        self._settled()
+        self._send_ack(waiting.notify, actions)
+        if self._stalled or self._draining:
+            self._settled()
 
     def _sweep(self) -> None:
         """Answer the NOTIFYs older than handler_timeout with what they have
@@ -325,8 +329,7 @@ class SpopProtocol(asyncio.Protocol):
                                              self._sweep)
                 return
             self.log.error("handler_timeout", stream=waiting.notify.stream_id)
-            waiting.actions.clear()
-            self._done_waiting(waiting)
+            self._done_waiting(waiting, ())
 
     def _expire(self, task: asyncio.Task[None]) -> None:
         self._expired.add(task)
@@ -409,7 +412,7 @@ class SpopProtocol(asyncio.Protocol):
         # served in between (round robin).
         if not self._resume_queued:
             self._resume_queued = True
-            asyncio.get_running_loop().call_soon(self._resume)
+            self._loop.call_soon(self._resume)
 
     def _resume(self) -> None:
         self._resume_queued = False
@@ -444,7 +447,7 @@ class SpopProtocol(asyncio.Protocol):
         # leave in one write.
         if self._batch is None:
             self._batch = []
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._batch.append(data)
 
     def _flush(self) -> None:

@@ -206,7 +206,8 @@ class AgentConnection:
         the same bytes and the same size check, for the one frame the server
         sends per request."""
         data = encode_ack(stream_id, frame_id, actions)
-        self._check_size(data)
+        if len(data) - LENGTH.size > self.max_frame_size:
+            self._check_size(data)  # raises
         return data
 
     def _check_size(self, data: bytes) -> None:
