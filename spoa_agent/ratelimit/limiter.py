@@ -268,7 +268,8 @@ class RateLimiter:
         tightest = None  # the limit with the fewest requests remaining
         fewest = reset_us = retry_us = 0
         for limit in limits:
-            remaining, limit_reset_us, limit_retry_us = numbers[at + 1:at + 4]
+            remaining, limit_reset_us, limit_retry_us = numbers[at + 1], numbers[at + 2], \
+                numbers[at + 3]
             at += 3
             if limit_retry_us > 0:
                 retry_us = max(retry_us, limit_retry_us)

@@ -8,7 +8,7 @@ send in AGENT-DISCONNECT. No sockets, clocks or logging here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum, auto
 
 from spoa_agent.spop.constants import (
@@ -201,7 +201,7 @@ class AgentConnection:
             self._check_size(data)
         return data
 
-    def ack(self, stream_id: int, frame_id: int, actions: Iterable[Action] = ()) -> bytes:
+    def ack(self, stream_id: int, frame_id: int, actions: Sequence[Action] = ()) -> bytes:
         """send(Ack(stream_id, frame_id, actions)) without building the Ack:
         the same bytes and the same size check, for the one frame the server
         sends per request."""

@@ -9,7 +9,7 @@ Both directions exist for every frame type so that tests can play HAProxy.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import NamedTuple
@@ -253,12 +253,15 @@ def _encode_action(action: Action, value_type: str) -> bytes:
 _ACK_HEADER = FRAME_HEADER.pack(FrameType.ACK, FrameFlags.FIN)
 
 
-def encode_ack(stream_id: int, frame_id: int, actions: Iterable[Action]) -> bytes:
+def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes:
     """The bytes of an ACK frame, as encode_frame(Ack(...)) gives them, without
     building the event: the server sends one per request. Its actions are
     mostly Encoded already (see Encoded), so they are copied, not encoded."""
-    payload = b"".join([action.data if type(action) is Encoded else encode_action(action)
-                        for action in actions])
+    if len(actions) == 1 and type(actions[0]) is Encoded:  # an agent's usual answer
+        payload = actions[0].data
+    else:
+        payload = b"".join([action.data if type(action) is Encoded else encode_action(action)
+                            for action in actions])
     ids = bytes((stream_id, frame_id)) if stream_id < _LONG and frame_id < _LONG \
         else encode_varint(stream_id) + encode_varint(frame_id)
     return b"".join((LENGTH.pack(FRAME_HEADER.size + len(ids) + len(payload)), _ACK_HEADER,
@@ -408,17 +411,17 @@ def decode_notify(buf: Buffer, pos: int, stream_id: int, frame_id: int,
                     raw, pos = decode_bytes(buf, pos)
                 value: Value
                 kind = buf[pos]
-                if kind == _NULL:
-                    value = None
-                    pos += 1
-                elif kind in _SIZED and buf[pos + 1] < _LONG:
+                if kind in _SIZED and buf[pos + 1] < _LONG:
                     start = pos + 2
                     pos = start + buf[pos + 1]
                     if pos > end:
                         raise SpopError(Status.INVALID_FRAME, "truncated string")
                     # BINARY: headers HAProxy cut with bytes() (credentials), a body.
-                    value = str(buf[start:pos], "utf-8", "surrogateescape") \
+                    value = buf[start:pos].decode("utf-8", "surrogateescape") \
                         if kind == _STRING else buf[start:pos]
+                elif kind == _NULL:
+                    value = None
+                    pos += 1
                 elif kind == _IPV4 and pos + 5 <= end:
                     value = _ipv4(buf[pos + 1 : pos + 5])
                     pos += 5
