@@ -208,8 +208,8 @@ class RequestChecker:
         if not verdict.admitted:
             assert verdict.reason is not None
             decision, stage = refuse(verdict.reason, decision.rule), "limit"
-        return Outcome(decision, stage, step.principal, verdict=verdict,
-                       max_in_flight=self._in_flight_for(step.principal))
+        return Outcome(decision, stage, step.principal, "", verdict,
+                       self._in_flight_for(step.principal))
 
     def _in_flight_for(self, principal: Principal | None) -> int:
         if principal is None:

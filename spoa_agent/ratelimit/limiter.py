@@ -209,8 +209,9 @@ class RateLimiter:
             for call in batch:
                 self._answer(call, self._without_redis(call.limits))
             return
-        self.breaker.success()
-        metrics.BREAKER_OPEN.set(False)
+        if self.breaker.failures:  # else closed already, and the gauge 0 (a lock each)
+            self.breaker.success()
+            metrics.BREAKER_OPEN.set(False)
         at = 0
         verdict = self._verdict
         for call in batch:
@@ -219,7 +220,7 @@ class RateLimiter:
                 call.answer(verdict(limits, numbers, at, call.now))
             except Exception:  # one failing answer must not leave the rest of its batch waiting
                 self.log.exception("ratelimit_answer_error")
-            at += 1 + 3 * len(limits)
+            at += 4 if numbers[at] == 1 else 4 + len(limits)
 
     async def _evalsha(self, batch: list[_Call], args: str) -> Any:
         """gcra_batch.lua on every limit key of the batch, in order."""
@@ -263,23 +264,19 @@ class RateLimiter:
     def _verdict(self, limits: Sequence[Limit], numbers: list[int], at: int,
                  now: float) -> Verdict:
         """A request's verdict from its part of the script's answer, from
-        numbers[at]: admitted, then remaining, reset_us, retry_us per limit."""
-        admitted = numbers[at] == 1
-        tightest = None  # the limit with the fewest requests remaining
-        fewest = reset_us = retry_us = 0
-        for limit in limits:
-            remaining, limit_reset_us, limit_retry_us = numbers[at + 1], numbers[at + 2], \
-                numbers[at + 3]
-            at += 3
+        numbers[at]: admitted, the tightest limit's index, its remaining and
+        reset_us, then, if refused, retry_us per limit."""
+        tightest, remaining = limits[numbers[at + 1]], numbers[at + 2]
+        reset = _seconds_up(numbers[at + 3])
+        if numbers[at] == 1:
+            return Verdict(True, 200, None, tightest, remaining, reset)
+        retry_us = 0
+        for limit, limit_retry_us in zip(limits, numbers[at + 4:at + 4 + len(limits)],
+                                         strict=True):
             if limit_retry_us > 0:
                 retry_us = max(retry_us, limit_retry_us)
                 self.refusing.put(limit.key, now + limit_retry_us / 1_000_000, now)
-            if tightest is None or remaining < fewest:
-                tightest, fewest, reset_us = limit, remaining, limit_reset_us
-        assert tightest is not None
-        if admitted:
-            return Verdict(True, 200, None, tightest, fewest, _seconds_up(reset_us))
-        return Verdict(False, 429, Reason.RATE_LIMITED, tightest, fewest, _seconds_up(reset_us),
+        return Verdict(False, 429, Reason.RATE_LIMITED, tightest, remaining, reset,
                        max(1, _seconds_up(retry_us)))
 
     def _without_redis(self, limits: Sequence[Limit]) -> Verdict:
