@@ -58,14 +58,32 @@ class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
                               body if type(body) is bytes else b"")
         else:  # most requests: nothing to tell but the method
             facts = _no_body(method)
-        return cls("" if ip is None else _ip_text(ip), method, host if type(host) is str else "",
+        if ip is None:
+            address = ""
+        else:
+            known = _ADDRESSES.get(id(ip))
+            address = known[1] if known is not None and known[0] is ip else _address_text(ip)
+        return cls(address, method, host if type(host) is str else "",
                    path if type(path) is str else "", agent if type(agent) is str else "",
                    None if authorization is None else _header(authorization),
                    None if api_key is None else _header(api_key), facts)
 
 
-# Formatting an address costs more than looking it up: the same clients come back.
-_ip_text = functools.lru_cache(maxsize=65536)(str)
+# Formatting an address costs more than looking it up: the same clients come
+# back, and the codec hands out one object per address (from its own cache),
+# so the text is found by the object's identity: an int key, where hashing
+# an address is a Python call. Each entry holds its address, so no other
+# object can take its id while the entry exists.
+_ADDRESSES: dict[int, tuple[Value, str]] = {}
+_MAX_ADDRESSES = 65536
+
+
+def _address_text(ip: Value) -> str:
+    if len(_ADDRESSES) >= _MAX_ADDRESSES:
+        _ADDRESSES.clear()
+    text = str(ip)
+    _ADDRESSES[id(ip)] = (ip, text)
+    return text
 
 
 @functools.lru_cache(maxsize=64)
