@@ -331,12 +331,13 @@ class _InstantRedis:
 
     async def evalsha(self, _sha: str, _numkeys: int, *keys_and_args: object) -> str:
         # gcra_batch.lua's ARGV[1]: per request "n", then two numbers per limit;
-        # its answer: per request "1" (admitted), then three numbers per limit.
+        # its answer: per request "1" (admitted), the tightest limit's index,
+        # its remaining and reset_us.
         numbers = str(keys_and_args[-1]).split()
         out, at = [], 0
         while at < len(numbers):
             limits = int(numbers[at])
-            out += ["1", *["100", "1000000", "0"] * limits]
+            out += ["1", "0", "100", "1000000"]
             at += 1 + 2 * limits
         return " ".join(out)
 

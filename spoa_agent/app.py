@@ -34,7 +34,7 @@ from spoa_agent.ratelimit.limiter import RateLimiter, Verdict
 from spoa_agent.ratelimit.limits import Limit, OnRedisError
 from spoa_agent.ratelimit.plan import plan_limits
 from spoa_agent.reasons import Reason
-from spoa_agent.request import CheckRequest
+from spoa_agent.request import ARGS, CheckRequest
 from spoa_agent.server import Actions, Agent, Later
 from spoa_agent.server.workers import worker_index
 from spoa_agent.spop import Message, Value
@@ -112,9 +112,10 @@ class RequestChecker:
 
     # --- the handler HAProxy's messages reach --------------------------------
 
-    def __call__(self, message: Message) -> Actions | Later | Awaitable[Actions]:
+    def check_values(self, values: list[Value]) -> Actions | Later | Awaitable[Actions]:
+        """The handler: the check-request message's values of ARGS."""
         started = time.perf_counter_ns()  # the agent's own time, in logs and metrics
-        request = CheckRequest.from_args(message.args)
+        request = CheckRequest.from_values(values)
         step = self.decide(request)
         if type(step) is Outcome:
             return self.finish(step, request, started)
@@ -123,6 +124,10 @@ class RequestChecker:
             self.limiter.submit(step.limits, later)
             return later
         return self._finish_later(request, step, started)
+
+    def __call__(self, message: Message) -> Actions | Later | Awaitable[Actions]:
+        """check_values() for the message by name (tests)."""
+        return self.check_values([message.args.get(name) for name in ARGS])
 
     async def _finish_later(self, request: CheckRequest, step: Step, started: int) -> Actions:
         return self.finish(await self.resolve(request, step), request, started)
@@ -204,8 +209,8 @@ class RequestChecker:
         if not verdict.admitted:
             assert verdict.reason is not None
             decision, stage = refuse(verdict.reason, decision.rule), "limit"
-        return Outcome(decision, stage, step.principal, verdict=verdict,
-                       max_in_flight=self._in_flight_for(step.principal))
+        return Outcome(decision, stage, step.principal, "", verdict,
+                       self._in_flight_for(step.principal))
 
     def _in_flight_for(self, principal: Principal | None) -> int:
         if principal is None:
@@ -262,7 +267,7 @@ def build_agent(config: Config, log: Any) -> Agent:
         verifier = VerifierPool(SecretHasher(config.auth.argon2), config.auth.argon2_workers)
         authenticator = Authenticator(config.auth, None, verifier, log)
     checker = RequestChecker(config, authenticator, log)
-    agent.register(CHECK_REQUEST, checker)
+    agent.register_values(CHECK_REQUEST, ARGS, checker.check_values)
     if config.metrics.listen is not None:
         _serve_metrics(agent, config, checker, log)
 

@@ -107,8 +107,12 @@ BREAKER_OPEN = Gauge("spoa_ratelimit_breaker_open", "1 while the rate limiter do
 
 
 def count_decision(outcome: str, reason: str, seconds: float) -> None:
-    DECISIONS.inc(outcome, reason)
-    DECISION_SECONDS.observe(seconds)
+    # Once per request: the two updates inline rather than two more calls.
+    counts, labels = DECISIONS.counts, (outcome, reason)
+    counts[labels] = counts.get(labels, 0) + 1
+    timings = DECISION_SECONDS
+    timings.counts[bisect.bisect_left(timings.buckets, seconds)] += 1
+    timings.sum += seconds
 
 
 Health = Callable[[], Awaitable[dict[str, Any]]]

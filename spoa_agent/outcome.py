@@ -18,7 +18,6 @@ from spoa_agent.spop.frames import encode_action
 
 # The step that decided: who the caller is, what it may do, how often.
 Stage = Literal["auth", "policy", "limit", "allowed"]
-# haproxy.cfg keeps the credentials of a route whose upstream does its own login.
 _OWN_LOGIN = Encoded.of(SetVar("own_login", True)).data
 
 
@@ -38,16 +37,15 @@ def render(outcome: Outcome) -> tuple[Action, ...]:
     their few values (decisions, principals, limits, small figures), so an
     ACK copies them instead of encoding each variable of each request."""
     decision = outcome.decision
-    parts = [decision_vars(decision.allowed, decision.status, decision.reason, decision.rule)]
-    if decision.detail:
-        parts.append(encode_action(SetVar("detail", decision.detail)))
-    if decision.route is not None and decision.route.public:
-        parts.append(_OWN_LOGIN)
-    if outcome.principal is not None:
-        parts.append(principal_vars(outcome.principal))
-        if outcome.max_in_flight:
-            parts.append(_int_var("max_in_flight", outcome.max_in_flight))
-    verdict = outcome.verdict
+    route = decision.route
+    head = decision_vars(decision.allowed, decision.status, decision.reason, decision.rule,
+                         decision.detail, route is not None and route.public)
+    principal, verdict = outcome.principal, outcome.verdict
+    if principal is None and verdict.limit is None:
+        return _decision_only(head)  # no caller, no limits: the whole answer cached
+    parts = [head]
+    if principal is not None:
+        parts.append(principal_vars(principal.name, principal.id, outcome.max_in_flight))
     if verdict.limit is not None:
         # What the client is told of its limit (haproxy.cfg turns it into
         # headers): the limit's own part, then the figures that move.
@@ -72,19 +70,32 @@ def models_var(models: frozenset[str]) -> Encoded:
 
 
 @functools.lru_cache(maxsize=1024)
-def decision_vars(allowed: bool, status: int, reason: str, rule: str) -> bytes:
+def decision_vars(allowed: bool, status: int, reason: str, rule: str, detail: str = "",
+                  own_login: bool = False) -> bytes:
     """What haproxy.cfg decides on. Cached, and encoded once: decisions are
-    few (rule, outcome) pairs and their variables immutable."""
-    return Encoded.of(SetVar("decision", "allow" if allowed else "deny"),
+    few (rule, outcome) pairs and their variables immutable. `own_login`:
+    haproxy.cfg keeps the credentials of a route whose upstream does its own
+    login."""
+    data = Encoded.of(SetVar("decision", "allow" if allowed else "deny"),
                       SetVar("status", status), SetVar("reason", str(reason)),
                       SetVar("rule", rule)).data
+    if detail:
+        data += encode_action(SetVar("detail", detail))
+    return data + _OWN_LOGIN if own_login else data
+
+
+@functools.lru_cache(maxsize=1024)
+def _decision_only(head: bytes) -> tuple[Action, ...]:
+    return (Encoded(head),)
 
 
 @functools.lru_cache(maxsize=4096)
-def principal_vars(principal: Principal) -> bytes:
-    """Who asked: haproxy.cfg passes `principal` upstream as X-Spoa-Principal."""
-    return Encoded.of(SetVar("principal", principal.name),
-                      SetVar("principal_id", principal.id)).data
+def principal_vars(name: str, principal_id: str, max_in_flight: int) -> bytes:
+    """Who asked (haproxy.cfg passes `principal` upstream as X-Spoa-Principal),
+    and how many requests at once HAProxy lets it make (0: no cap). Keyed
+    by the values, which hash faster than the Principal."""
+    head = Encoded.of(SetVar("principal", name), SetVar("principal_id", principal_id)).data
+    return head + _int_var("max_in_flight", max_in_flight) if max_in_flight else head
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,21 +1,26 @@
 """The check-request SPOE message as a typed request, parsed once at the edge.
 
 Nothing after this reads raw SPOP arguments: haproxy/spoe-agent.conf names
-them, CheckRequest.from_args() is the one place that knows their types
-(HAProxy sends a missing header as NULL, a header cut by `bytes()` as
+them (ARGS), CheckRequest.from_values() is the one place that knows their
+types (HAProxy sends a missing header as NULL, a header cut by `bytes()` as
 BINARY, the address as an IP value).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from spoa_agent.auth.authenticator import MAX_CREDENTIAL
 from spoa_agent.policy.body import BodyFacts
 from spoa_agent.reasons import Reason
 from spoa_agent.spop import Value
+
+# The check-request message's arguments (spoe-agent.conf), in the order
+# from_values() reads them: the codec decodes them straight into this order.
+ARGS = ("ip", "method", "host", "path", "user_agent", "authorization", "api_key",
+        "content_length", "transfer_encoding", "content_encoding", "body")
 
 
 class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
@@ -35,24 +40,50 @@ class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
 
     @classmethod
     def from_args(cls, args: Mapping[str, Value]) -> CheckRequest:
-        get = args.get
-        ip, method, body = get("ip"), get("method"), get("body")
+        """From the arguments by name (tests, `spoa-agent check`)."""
+        return cls.from_values([args.get(name) for name in ARGS])
+
+    @classmethod
+    def from_values(cls, values: Sequence[Value]) -> CheckRequest:
+        """From the values of ARGS, in that order (None: not sent)."""
+        ip, method, host, path, agent, authorization, api_key, length, framing, encoding, \
+            body = values
         method = method if type(method) is str else ""
-        length, framing = _header(get("content_length")), _header(get("transfer_encoding"))
-        encoding = _header(get("content_encoding"))
+        # Most requests send none of the body's headers: no call for those.
+        length = None if length is None else _header(length)
+        framing = None if framing is None else _header(framing)
+        encoding = None if encoding is None else _header(encoding)
         if body or length is not None or encoding is not None or framing is not None:
             facts = BodyFacts(method, length, framing, encoding,
                               body if type(body) is bytes else b"")
         else:  # most requests: nothing to tell but the method
             facts = _no_body(method)
-        host, path, agent = get("host"), get("path"), get("user_agent")
-        return cls("" if ip is None else _ip_text(ip), method, host if type(host) is str else "",
+        if ip is None:
+            address = ""
+        else:
+            known = _ADDRESSES.get(id(ip))
+            address = known[1] if known is not None and known[0] is ip else _address_text(ip)
+        return cls(address, method, host if type(host) is str else "",
                    path if type(path) is str else "", agent if type(agent) is str else "",
-                   _header(get("authorization")), _header(get("api_key")), facts)
+                   None if authorization is None else _header(authorization),
+                   None if api_key is None else _header(api_key), facts)
 
 
-# Formatting an address costs more than looking it up: the same clients come back.
-_ip_text = functools.lru_cache(maxsize=65536)(str)
+# Formatting an address costs more than looking it up: the same clients come
+# back, and the codec hands out one object per address (from its own cache),
+# so the text is found by the object's identity: an int key, where hashing
+# an address is a Python call. Each entry holds its address, so no other
+# object can take its id while the entry exists.
+_ADDRESSES: dict[int, tuple[Value, str]] = {}
+_MAX_ADDRESSES = 65536
+
+
+def _address_text(ip: Value) -> str:
+    if len(_ADDRESSES) >= _MAX_ADDRESSES:
+        _ADDRESSES.clear()
+    text = str(ip)
+    _ADDRESSES[id(ip)] = (ip, text)
+    return text
 
 
 @functools.lru_cache(maxsize=64)

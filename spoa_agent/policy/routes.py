@@ -23,6 +23,10 @@ _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._:@+-]*"
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNSAFE = re.compile(r"/\.{1,2}(?:/|$)|//|%2[eEfF]|%5[cC]|\\")
 _HOST = re.compile(r"(?:\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+# (method, path, host) decisions kept per table, of paths and hosts this
+# short: a few MiB at most, whatever the clients send.
+DECISION_CACHE_SIZE = 8192
+CACHED_REQUEST_SIZE = 512
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -188,6 +192,10 @@ class RouteTable:
         # One Decision object per route: callers may cache on it cheaply.
         self._allowed = {route: Decision(True, 200, ALLOW, route.label, route)
                          for route in routes}
+        # The decisions made so far, by (method, path, host) exactly as given:
+        # clients repeat the same few requests, and a decision is a pure
+        # function of those and this table. Bounded: the client picks them.
+        self._decided: dict[tuple[str, str, str], Decision] = {}
 
     def _own_table(self, host: str) -> _PathTable | None:
         if not self._hosts and not self._wildcards:
@@ -202,6 +210,17 @@ class RouteTable:
         return None
 
     def decide(self, method: str, path: str, host: str = "") -> Decision:
+        key = (method, path, host)
+        decision = self._decided.get(key)
+        if decision is None:
+            decision = self._decide(method, path, host)
+            if len(path) + len(host) <= CACHED_REQUEST_SIZE:
+                if len(self._decided) >= DECISION_CACHE_SIZE:
+                    self._decided.clear()
+                self._decided[key] = decision
+        return decision
+
+    def _decide(self, method: str, path: str, host: str) -> Decision:
         if host and not _CANONICAL_HOST.fullmatch(host.lower()):
             return AMBIGUOUS_HOST
         own = self._own_table(host)

@@ -6,8 +6,11 @@
 -- ARGV[1]: per request "n interval1 tolerance1 ... intervaln tolerancen",
 --   microseconds, all separated by spaces.
 -- Time comes from Redis, once per batch, so agents with skewed clocks agree.
--- Returns one string of integers: per request "admitted", then per limit
--- "remaining reset_us retry_us". Each key is written once, at the end.
+-- Returns one string of integers: per request "admitted tightest remaining
+-- reset_us", tightest being the 0-based index among its limits of the one
+-- with the fewest requests remaining (the first of equals), then, for a
+-- refused request only, "retry_us" per limit. Each key is written once, at
+-- the end.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local args = {}
@@ -28,19 +31,27 @@ while a <= #args do
     if tat < now then tat = now end
     if tat + args[a + 1 + 2 * i] - now > args[a + 2 + 2 * i] then admitted = 0 end
   end
-  out[#out + 1] = admitted
+  local tightest, fewest, reset, retries = 0, nil, 0, {}
   for i = 0, n - 1 do
     local key, interval, tolerance = KEYS[first + i], args[a + 1 + 2 * i], args[a + 2 + 2 * i]
     local tat = math.max(tat_of[key], now)
-    local retry = math.max(0, tat + interval - now - tolerance)
+    retries[i + 1] = math.max(0, tat + interval - now - tolerance)
     if admitted == 1 then
       tat = tat + interval
       tat_of[key] = tat
       dirty[key] = true
     end
-    out[#out + 1] = math.max(0, math.floor((tolerance - (tat - now)) / interval))
-    out[#out + 1] = tat - now
-    out[#out + 1] = retry
+    local remaining = math.max(0, math.floor((tolerance - (tat - now)) / interval))
+    if fewest == nil or remaining < fewest then
+      tightest, fewest, reset = i, remaining, tat - now
+    end
+  end
+  out[#out + 1] = admitted
+  out[#out + 1] = tightest
+  out[#out + 1] = fewest or 0
+  out[#out + 1] = reset
+  if admitted == 0 then
+    for i = 1, n do out[#out + 1] = retries[i] end
   end
   k = first + n
   a = a + 1 + 2 * n

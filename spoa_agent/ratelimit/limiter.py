@@ -55,24 +55,14 @@ UNLIMITED = Verdict(True)
 Answer = Callable[[Verdict], None]
 
 
-class _Call:
+class _Call(NamedTuple):  # a tuple: one per request waiting on Redis
     """One queued request: its limits, who to answer, until when to bother."""
 
-    __slots__ = ("answer", "args", "deadline", "limits", "now", "waiter")
-
-    def __init__(self, limits: Sequence[Limit], answer: Answer, now: float,
-                 deadline: float, waiter: asyncio.Future[Verdict] | None = None) -> None:
-        self.limits = limits
-        self.answer = answer
-        self.now = now
-        self.deadline = deadline
-        self.waiter = waiter  # check()'s: once cancelled, nobody waits any more
-        # This request's part of gcra_batch.lua's ARGV[1]: its count of limits,
-        # then each limit's pair.
-        self.args = " ".join([str(len(limits)), *[limit.rate.batch_args for limit in limits]])
-
-    def gave_up(self, now: float) -> bool:
-        return self.deadline <= now or (self.waiter is not None and self.waiter.done())
+    limits: Sequence[Limit]
+    answer: Answer
+    now: float
+    deadline: float
+    waiter: asyncio.Future[Verdict] | None  # check()'s: once done, nobody waits any more
 
 
 # At most this many script calls wait on Redis at once, each for at most
@@ -145,14 +135,12 @@ class RateLimiter:
             return self._without_redis(limits)
         return None
 
-    def submit(self, limits: Sequence[Limit], answer: Answer) -> None:
+    def submit(self, limits: Sequence[Limit], answer: Answer,
+               waiter: asyncio.Future[Verdict] | None = None) -> None:
         """Check `limits` in Redis with the other requests of this turn;
         answer(verdict) is called once, from the batch's callback. Call
-        quick() first."""
-        self._enqueue(limits, answer)
-
-    def _enqueue(self, limits: Sequence[Limit], answer: Answer,
-                 waiter: asyncio.Future[Verdict] | None = None) -> None:
+        quick() first. (`waiter`: check()'s future; once it is done, nobody
+        waits any more.)"""
         now = self.clock()
         self._queue.append(_Call(limits, answer, now, now + self.give_up_after, waiter))
         if not self._flush_scheduled and len(self._sending) < MAX_PIPELINES:
@@ -168,7 +156,7 @@ class RateLimiter:
             if not future.done():
                 future.set_result(verdict)
 
-        self._enqueue(limits, answer, future)
+        self.submit(limits, answer, future)
         return await future
 
     def _flush(self) -> None:
@@ -176,7 +164,7 @@ class RateLimiter:
         now = self.clock()
         queue, self._queue = self._queue, []
         for call in queue:
-            if call.gave_up(now):
+            if call.deadline <= now or (call.waiter is not None and call.waiter.done()):
                 # Gave up while queued: not sent, not charged.
                 self._answer(call, self._without_redis(call.limits))
             else:
@@ -195,7 +183,14 @@ class RateLimiter:
         self.calls += len(batch)
         self.script_calls += 1
         RATELIMIT_CALLS.inc()
-        args = " ".join([call.args for call in batch])
+        # gcra_batch.lua's ARGV[1]: per request, its count of limits, then
+        # each limit's pair.
+        parts = []
+        for call in batch:
+            parts.append(str(len(call.limits)))
+            for limit in call.limits:
+                parts.append(limit.rate.batch_args)
+        args = " ".join(parts)
         try:
             # The client's socket timeouts bound Redis itself (connect, each
             # read); waiting for a pooled connection is not counted against it.
@@ -204,7 +199,7 @@ class RateLimiter:
             except NoScriptError:  # Redis restarted empty
                 await self.client.script_load(GCRA_SCRIPT)
                 reply = await self._evalsha(batch, args)
-            numbers = [int(x) for x in reply.split()]
+            numbers = list(map(int, reply.split()))
         except Exception as err:  # every waiting request must get its answer
             self.breaker.failure(self.clock())
             metrics.REDIS_ERRORS.labels("ratelimit").inc()
@@ -214,12 +209,18 @@ class RateLimiter:
             for call in batch:
                 self._answer(call, self._without_redis(call.limits))
             return
-        self.breaker.success()
-        metrics.BREAKER_OPEN.set(False)
+        if self.breaker.failures:  # else closed already, and the gauge 0 (a lock each)
+            self.breaker.success()
+            metrics.BREAKER_OPEN.set(False)
         at = 0
+        verdict = self._verdict
         for call in batch:
-            self._answer(call, self._verdict(call.limits, numbers, at, call.now))
-            at += 1 + 3 * len(call.limits)
+            limits = call.limits
+            try:
+                call.answer(verdict(limits, numbers, at, call.now))
+            except Exception:  # one failing answer must not leave the rest of its batch waiting
+                self.log.exception("ratelimit_answer_error")
+            at += 4 if numbers[at] == 1 else 4 + len(limits)
 
     async def _evalsha(self, batch: list[_Call], args: str) -> Any:
         """gcra_batch.lua on every limit key of the batch, in order."""
@@ -263,22 +264,19 @@ class RateLimiter:
     def _verdict(self, limits: Sequence[Limit], numbers: list[int], at: int,
                  now: float) -> Verdict:
         """A request's verdict from its part of the script's answer, from
-        numbers[at]: admitted, then remaining, reset_us, retry_us per limit."""
-        admitted = numbers[at] == 1
-        tightest = None  # the limit with the fewest requests remaining
-        fewest = reset_us = retry_us = 0
-        for limit in limits:
-            remaining, limit_reset_us, limit_retry_us = numbers[at + 1:at + 4]
-            at += 3
+        numbers[at]: admitted, the tightest limit's index, its remaining and
+        reset_us, then, if refused, retry_us per limit."""
+        tightest, remaining = limits[numbers[at + 1]], numbers[at + 2]
+        reset = _seconds_up(numbers[at + 3])
+        if numbers[at] == 1:
+            return Verdict(True, 200, None, tightest, remaining, reset)
+        retry_us = 0
+        for limit, limit_retry_us in zip(limits, numbers[at + 4:at + 4 + len(limits)],
+                                         strict=True):
             if limit_retry_us > 0:
                 retry_us = max(retry_us, limit_retry_us)
                 self.refusing.put(limit.key, now + limit_retry_us / 1_000_000, now)
-            if tightest is None or remaining < fewest:
-                tightest, fewest, reset_us = limit, remaining, limit_reset_us
-        assert tightest is not None
-        if admitted:
-            return Verdict(True, 200, None, tightest, fewest, _seconds_up(reset_us))
-        return Verdict(False, 429, Reason.RATE_LIMITED, tightest, fewest, _seconds_up(reset_us),
+        return Verdict(False, 429, Reason.RATE_LIMITED, tightest, remaining, reset,
                        max(1, _seconds_up(retry_us)))
 
     def _without_redis(self, limits: Sequence[Limit]) -> Verdict:

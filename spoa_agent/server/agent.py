@@ -6,13 +6,17 @@ path with no task created. One that must wait on I/O returns either a Later,
 which it answers itself from a callback (I/O batched across requests: one
 callback answers many, no Task, Future or timer per request), or an awaitable
 of the actions (run as a Task: for rare, slow work).
+
+A handler registered with the names of the arguments it reads
+(register_values) gets their values in that order instead of a Message: the
+codec decodes them straight into place, with no dict to build and read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from spoa_agent.spop import Action, Message
+from spoa_agent.spop import Action, Message, Value
 
 Actions = Sequence[Action]
 
@@ -41,12 +45,18 @@ class Later:
             self._then = callback
 
 
-Handler = Callable[[Message], Actions | Later | Awaitable[Actions]]
+Answer = Actions | Later | Awaitable[Actions]
+Handler = Callable[[Message], Answer]
+# Called with the values of the arguments it declared, in that order (None
+# for those not sent).
+ValuesHandler = Callable[[list[Value]], Answer]
 
 
 class Agent:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
+        self.value_handlers: dict[str, ValuesHandler] = {}
+        self.schemas: dict[str, tuple[str, ...]] = {}  # value handlers' argument names
         # Run in each serving process's event loop: clients, background tasks.
         self.startup: list[Callable[[], Awaitable[None]]] = []
         self.shutdown: list[Callable[[], Awaitable[None]]] = []
@@ -56,9 +66,21 @@ class Agent:
         self.reopen: list[Callable[[], None]] = []
 
     def register(self, message_name: str, handler: Handler) -> None:
-        if message_name in self.handlers:
-            raise ValueError(f"a handler for {message_name!r} is registered already")
+        self._check_new(message_name)
         self.handlers[message_name] = handler
+
+    def register_values(self, message_name: str, arg_names: Sequence[str],
+                        handler: ValuesHandler) -> None:
+        """handler(values): the values of `arg_names`, in that order, for
+        each message named `message_name`; arguments of other names are
+        dropped."""
+        self._check_new(message_name)
+        self.schemas[message_name] = tuple(arg_names)
+        self.value_handlers[message_name] = handler
+
+    def _check_new(self, message_name: str) -> None:
+        if message_name in self.handlers or message_name in self.value_handlers:
+            raise ValueError(f"a handler for {message_name!r} is registered already")
 
     def handler(self, message_name: str) -> Callable[[Handler], Handler]:
         """Decorator form of register()."""

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from spoa_agent import metrics
-from spoa_agent.server.agent import Actions, Agent, Later
+from spoa_agent.server.agent import Actions, Agent, Answer, Later
 from spoa_agent.server.settings import ServerConfig
 from spoa_agent.spop import (
     CLOSED,
@@ -31,6 +31,7 @@ from spoa_agent.spop import (
     HaproxyDisconnect,
     HaproxyHello,
     Message,
+    MessageValues,
     Notify,
     SpopError,
     Status,
@@ -57,7 +58,7 @@ _WRITE_FULL = 2  # its peer is not reading: our write buffer is over WRITE_HIGH
 
 class _Waiting:
     """A NOTIFY whose handlers answer Later: what is answered so far. Each
-    Later calls it with its actions."""
+    Later calls it with its actions; the last one sends the ACK."""
 
     __slots__ = ("actions", "notify", "protocol", "remaining", "started")
 
@@ -70,7 +71,15 @@ class _Waiting:
         self.started = started
 
     def __call__(self, actions: Actions) -> None:
-        self.protocol._answered(self, actions)
+        if self not in self.protocol._waiting:
+            return  # answered already by the sweeper, or the connection is gone
+        self.remaining -= 1
+        if not self.remaining and not self.actions:  # the usual: one message's answer
+            self.protocol._done_waiting(self, actions)
+            return
+        self.actions.extend(actions)
+        if not self.remaining:
+            self.protocol._done_waiting(self, self.actions)
 
 
 class SpopProtocol(asyncio.Protocol):
@@ -83,7 +92,7 @@ class SpopProtocol(asyncio.Protocol):
     ) -> None:
         self.agent = agent
         self.settings = settings
-        self.conn = AgentConnection(settings.max_frame_size)
+        self.conn = AgentConnection(settings.max_frame_size, schemas=agent.schemas)
         self.log = log
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
@@ -102,7 +111,8 @@ class SpopProtocol(asyncio.Protocol):
         self._draining = False
         self._hello_timer: asyncio.TimerHandle | None = None
         self._batch: list[bytes] | None = None
-        self.drained = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.drained = self._loop.create_future()
 
     # --- asyncio callbacks ------------------------------------------------
 
@@ -133,7 +143,10 @@ class SpopProtocol(asyncio.Protocol):
         try:
             self._pump()
         finally:
-            self._flush()
+            if self._batch:
+                self._flush()
+            else:  # nothing answered inline (answers come Later)
+                self._batch = None
 
     def pause_writing(self) -> None:
         # The peer sends without reading: what it sends waits in its own
@@ -169,44 +182,52 @@ class SpopProtocol(asyncio.Protocol):
         too much work is in flight or the peer is not reading."""
         conn = self.conn
         budget = MESSAGES_PER_TURN
-        while not self._stalled:
-            if budget <= 0:
-                # The rest next turn, after every other connection's read;
-                # reading more of this one now would only grow the buffer.
-                if not self._backlog:
-                    self._backlog = True
-                    self._set_reading()
-                self._queue_resume()
-                return
-            try:
-                event = conn.next_event()
-            except SpopError as err:
-                self._fail(err)
-                return
-            kind = type(event)
-            if kind is Notify:
-                assert isinstance(event, Notify)
-                metrics.FRAMES.inc("notify")
-                budget -= len(event.messages) or 1
-                self._on_notify(event)
-                if self.in_flight >= self.settings.max_in_flight:
-                    self._stall(_IN_FLIGHT)
-            elif event is NEED_DATA:
-                if self._backlog:
-                    self._backlog = False
-                    self._set_reading()
-                return
-            elif kind is HaproxyHello:
-                assert isinstance(event, HaproxyHello)
-                self._on_hello(event)
-            elif kind is HaproxyDisconnect:
-                assert isinstance(event, HaproxyDisconnect)
-                self.log.debug("spop_haproxy_disconnect", status=event.status, error=event.message)
-                self._disconnect(Status.NORMAL, "bye")
-                return
-            elif event is CLOSED:
-                self.close()
-                return
+        notifies = 0
+        try:
+            while not self._stalled:
+                if budget <= 0:
+                    # The rest next turn, after every other connection's read;
+                    # reading more of this one now would only grow the buffer.
+                    if not self._backlog:
+                        self._backlog = True
+                        self._set_reading()
+                    self._queue_resume()
+                    return
+                try:
+                    event = conn.next_event()
+                except SpopError as err:
+                    self._fail(err)
+                    return
+                kind = type(event)
+                if kind is Notify:
+                    assert isinstance(event, Notify)
+                    notifies += 1
+                    budget -= len(event.messages) or 1
+                    self._on_notify(event)
+                    if len(self.tasks) + len(self._waiting) >= self.settings.max_in_flight:
+                        self._stall(_IN_FLIGHT)
+                elif event is NEED_DATA:
+                    if self._backlog:
+                        self._backlog = False
+                        self._set_reading()
+                    return
+                elif kind is HaproxyHello:
+                    assert isinstance(event, HaproxyHello)
+                    self._on_hello(event)
+                elif kind is HaproxyDisconnect:
+                    assert isinstance(event, HaproxyDisconnect)
+                    self.log.debug("spop_haproxy_disconnect", status=event.status,
+                                   error=event.message)
+                    self._disconnect(Status.NORMAL, "bye")
+                    return
+                elif event is CLOSED:
+                    self.close()
+                    return
+        finally:
+            # Counted once per read rather than once per frame: the same
+            # total by the time anything (a scrape) reads it.
+            if notifies:
+                metrics.FRAMES.add(notifies, "notify")
 
     def _on_hello(self, hello: HaproxyHello) -> None:
         if self._hello_timer is not None:
@@ -253,13 +274,16 @@ class SpopProtocol(asyncio.Protocol):
         else:
             self._send_ack(notify, actions)
 
-    def _handle(self, message: Message) -> Actions | Later | Awaitable[Actions] | None:
+    def _handle(self, message: Message | MessageValues) -> Answer | None:
         """The message's handler's answer; None when there is none to give."""
-        handler = self.agent.handlers.get(message.name)
-        if handler is None:
-            self.log.warning("spop_unknown_message", message=message.name)
-            return None
         try:
+            if type(message) is MessageValues:  # its handler declared its arguments
+                return self.agent.value_handlers[message.name](message.values)
+            assert isinstance(message, Message)
+            handler = self.agent.handlers.get(message.name)
+            if handler is None:
+                self.log.warning("spop_unknown_message", message=message.name)
+                return None
             return handler(message)
         except Exception:
             self.log.exception("handler_error", message=message.name)
@@ -278,27 +302,19 @@ class SpopProtocol(asyncio.Protocol):
                                                 self._expire, task)
 
     def _wait_for(self, notify: Notify, actions: list[Action], later: list[Later]) -> None:
-        loop = asyncio.get_running_loop()
-        waiting = _Waiting(self, notify, actions, len(later), loop.time())
+        waiting = _Waiting(self, notify, actions, len(later), self._loop.time())
         self._waiting[waiting] = None
         if self._sweeper is None:
-            self._sweeper = loop.call_at(waiting.started + self.settings.handler_timeout,
-                                         self._sweep)
+            self._sweeper = self._loop.call_at(waiting.started + self.settings.handler_timeout,
+                                               self._sweep)
         for each in later:
             each.then(waiting)
 
-    def _answered(self, waiting: _Waiting, actions: Actions) -> None:
-        if waiting not in self._waiting:
-            return  # answered already by the sweeper, or the connection is gone
-        waiting.actions.extend(actions)
-        waiting.remaining -= 1
-        if waiting.remaining == 0:
-            self._done_waiting(waiting)
-
-    def _done_waiting(self, waiting: _Waiting) -> None:
+    def _done_waiting(self, waiting: _Waiting, actions: Actions) -> None:
         del self._waiting[waiting]
-        self._send_ack(waiting.notify, waiting.actions)
-        self._settled()
+        self._send_ack(waiting.notify, actions)
+        if self._stalled or self._draining:
+            self._settled()
 
     def _sweep(self) -> None:
         """Answer the NOTIFYs older than handler_timeout with what they have
@@ -313,8 +329,7 @@ class SpopProtocol(asyncio.Protocol):
                                              self._sweep)
                 return
             self.log.error("handler_timeout", stream=waiting.notify.stream_id)
-            waiting.actions.clear()
-            self._done_waiting(waiting)
+            self._done_waiting(waiting, ())
 
     def _expire(self, task: asyncio.Task[None]) -> None:
         self._expired.add(task)
@@ -397,7 +412,7 @@ class SpopProtocol(asyncio.Protocol):
         # served in between (round robin).
         if not self._resume_queued:
             self._resume_queued = True
-            asyncio.get_running_loop().call_soon(self._resume)
+            self._loop.call_soon(self._resume)
 
     def _resume(self) -> None:
         self._resume_queued = False
@@ -432,7 +447,7 @@ class SpopProtocol(asyncio.Protocol):
         # leave in one write.
         if self._batch is None:
             self._batch = []
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._batch.append(data)
 
     def _flush(self) -> None:

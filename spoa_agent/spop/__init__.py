@@ -23,6 +23,7 @@ from spoa_agent.spop.frames import (
     HaproxyDisconnect,
     HaproxyHello,
     Message,
+    MessageValues,
     Notify,
     SetVar,
     UnsetVar,
@@ -34,7 +35,7 @@ __all__ = [
     "CLOSED", "DEFAULT_MAX_FRAME_SIZE", "MIN_FRAME_SIZE", "NEED_DATA", "SPOP_VERSION",
     "Ack", "Action", "AgentConnection", "AgentDisconnect", "AgentHello", "Closed",
     "DataType", "Encoded", "Frame", "FrameFlags", "FrameType", "HaproxyDisconnect", "HaproxyHello",
-    "Message", "NeedData", "Notify", "Scope", "SetVar", "SpopError", "State", "Status",
-    "UnsetVar", "Value", "decode_frame", "decode_value", "decode_varint", "encode_frame",
+    "Message", "MessageValues", "NeedData", "Notify", "Scope", "SetVar", "SpopError", "State",
+    "Status", "UnsetVar", "Value", "decode_frame", "decode_value", "decode_varint", "encode_frame",
     "encode_value", "encode_varint",
 ]

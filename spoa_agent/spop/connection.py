@@ -8,7 +8,7 @@ send in AGENT-DISCONNECT. No sockets, clocks or logging here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from enum import Enum, auto
 
 from spoa_agent.spop.constants import (
@@ -19,7 +19,7 @@ from spoa_agent.spop.constants import (
     FrameType,
     Status,
 )
-from spoa_agent.spop.data import LENGTH
+from spoa_agent.spop.data import FRAME_HEADER, LENGTH
 from spoa_agent.spop.errors import SpopError
 from spoa_agent.spop.frames import (
     DECODERS,
@@ -29,7 +29,9 @@ from spoa_agent.spop.frames import (
     AgentHello,
     Frame,
     HaproxyHello,
+    compile_schemas,
     decode_header,
+    decode_notify,
     encode_ack,
     encode_frame,
 )
@@ -63,6 +65,9 @@ class State(Enum):
 _FROM_HAPROXY = {FrameType.NOTIFY, FrameType.HAPROXY_DISCONNECT}
 _FROM_AGENT = {FrameType.AGENT_HELLO, FrameType.AGENT_DISCONNECT, FrameType.ACK}
 _FIN = int(FrameFlags.FIN)  # a plain int: IntFlag arithmetic is slow on the hot path
+_NOTIFY = int(FrameType.NOTIFY)
+_NOTIFY_IDS = FRAME_HEADER.size + 1  # where a NOTIFY's one-byte frame id is
+_LONG_VARINT = 240  # a varint this large or larger takes more than one byte
 # Compact the receive buffer once this much of it has been consumed.
 _COMPACT_AT = 64 * 1024
 
@@ -82,6 +87,7 @@ class AgentConnection:
         self,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         capabilities: frozenset[str] = frozenset({"pipelining"}),
+        schemas: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if max_frame_size < MIN_FRAME_SIZE:
             raise ValueError(f"max_frame_size must be at least {MIN_FRAME_SIZE}")
@@ -90,6 +96,8 @@ class AgentConnection:
         self.max_frame_size = max_frame_size
         self.capabilities = capabilities
         self.healthcheck = False
+        # Messages whose arguments are decoded by position (MessageValues).
+        self._schemas = compile_schemas(schemas) if schemas else None
         self._buffer = bytearray()
         self._pos = 0
         self._eof = False
@@ -106,39 +114,41 @@ class AgentConnection:
             self._buffer += data
 
     def next_event(self) -> Frame | NeedData | Closed:
-        while True:
-            if self.state is State.CLOSED:
-                return CLOSED
-            frame = self._next_frame()
-            if frame is None:
+        while self.state is not State.CLOSED:
+            buffer, pos = self._buffer, self._pos
+            avail = len(buffer) - pos
+            if avail < LENGTH.size:
                 return CLOSED if self._eof else NEED_DATA
+            (length,) = LENGTH.unpack_from(buffer, pos)
+            # Checked on the length alone, before the frame is buffered.
+            if length > self.max_frame_size:
+                raise SpopError(
+                    Status.FRAME_TOO_BIG,
+                    f"frame of {length} bytes over max-frame-size {self.max_frame_size}",
+                )
+            if avail < LENGTH.size + length:
+                return CLOSED if self._eof else NEED_DATA
+            start = pos + LENGTH.size
+            frame = bytes(buffer[start : start + length])
+            self._pos = pos = start + length
+            if pos == len(buffer):
+                buffer.clear()
+                self._pos = 0
+            elif pos > _COMPACT_AT:
+                del buffer[:pos]
+                self._pos = 0
+            # The agent's hot path, one per request: a NOTIFY once HELLO is
+            # done, FIN set (the low byte of the flags), both ids under 240
+            # (one byte each). Its header is read here; any other frame, or
+            # a NOTIFY with longer ids, goes through decode_header.
+            if (self.state is State.READY and length > _NOTIFY_IDS and frame[0] == _NOTIFY
+                    and frame[4] & _FIN and frame[5] < _LONG_VARINT
+                    and frame[6] < _LONG_VARINT):
+                return decode_notify(frame, _NOTIFY_IDS + 1, frame[5], frame[6], self._schemas)
             event = self._on_frame(frame)
             if event is not None:
                 return event
-
-    def _next_frame(self) -> bytes | None:
-        avail = len(self._buffer) - self._pos
-        if avail < LENGTH.size:
-            return None
-        (length,) = LENGTH.unpack_from(self._buffer, self._pos)
-        # Checked on the length alone, before the frame is buffered.
-        if length > self.max_frame_size:
-            raise SpopError(
-                Status.FRAME_TOO_BIG,
-                f"frame of {length} bytes over max-frame-size {self.max_frame_size}",
-            )
-        if avail < LENGTH.size + length:
-            return None
-        start = self._pos + LENGTH.size
-        frame = bytes(self._buffer[start : start + length])
-        self._pos = start + length
-        if self._pos == len(self._buffer):
-            self._buffer.clear()
-            self._pos = 0
-        elif self._pos > _COMPACT_AT:
-            del self._buffer[: self._pos]
-            self._pos = 0
-        return frame
+        return CLOSED
 
     def _on_frame(self, frame: bytes) -> Frame | None:
         head = decode_header(frame)
@@ -154,6 +164,9 @@ class AgentConnection:
             assert type(hello) is HaproxyHello
             self._negotiate(hello)
             return hello
+        if kind == FrameType.NOTIFY:
+            return decode_notify(frame, head.payload_at, head.stream_id, head.frame_id,
+                                 self._schemas)
         if kind in _FROM_HAPROXY:
             return DECODERS[kind](head, frame)
         if kind == FrameType.HAPROXY_HELLO or kind in _FROM_AGENT:
@@ -188,12 +201,13 @@ class AgentConnection:
             self._check_size(data)
         return data
 
-    def ack(self, stream_id: int, frame_id: int, actions: Iterable[Action] = ()) -> bytes:
+    def ack(self, stream_id: int, frame_id: int, actions: Sequence[Action] = ()) -> bytes:
         """send(Ack(stream_id, frame_id, actions)) without building the Ack:
         the same bytes and the same size check, for the one frame the server
         sends per request."""
         data = encode_ack(stream_id, frame_id, actions)
-        self._check_size(data)
+        if len(data) - LENGTH.size > self.max_frame_size:
+            self._check_size(data)  # raises
         return data
 
     def _check_size(self, data: bytes) -> None:

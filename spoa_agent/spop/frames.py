@@ -9,7 +9,7 @@ Both directions exist for every frame type so that tests can play HAProxy.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import NamedTuple
@@ -20,6 +20,7 @@ from spoa_agent.spop.data import (
     LENGTH,
     Buffer,
     Value,
+    decode_bytes,
     decode_kv_list,
     decode_str,
     decode_value,
@@ -90,11 +91,36 @@ class Message:
             raise ValueError(f"a message carries at most {_MAX_ARGS} arguments")
 
 
+class MessageValues(NamedTuple):
+    """A message decoded against the schema its handler declared: the values
+    of its arguments in the schema's order, None for those not sent (as a
+    NULL). Built for every request, so a tuple rather than a dataclass."""
+
+    name: str
+    values: list[Value]
+
+
+# Per message name (its bytes on the wire): the name, each argument name's
+# index among the values, and how many values. See compile_schemas().
+Schemas = dict[bytes, tuple[str, dict[bytes, int], int]]
+
+
+def compile_schemas(schemas: Mapping[str, Sequence[str]]) -> Schemas:
+    """The form decode_notify() reads of {message name: argument names}."""
+    compiled: Schemas = {}
+    for name, arg_names in schemas.items():
+        index_of = {arg.encode("utf-8", "surrogateescape"): i for i, arg in enumerate(arg_names)}
+        if len(index_of) != len(arg_names):
+            raise ValueError(f"{name!r}: an argument is named twice")
+        compiled[name.encode("utf-8", "surrogateescape")] = (name, index_of, len(arg_names))
+    return compiled
+
+
 @dataclass(frozen=True, slots=True)
 class Notify:
     stream_id: int
     frame_id: int
-    messages: tuple[Message, ...]
+    messages: tuple[Message | MessageValues, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +219,8 @@ def _encode_agent_disconnect(ev: AgentDisconnect) -> bytes:
 def _encode_notify(ev: Notify) -> bytes:
     parts = []
     for message in ev.messages:
+        if type(message) is not Message:
+            raise TypeError("only a Message, with its argument names, can be encoded")
         parts.append(encode_str(message.name))
         parts.append(bytes((len(message.args),)))
         parts.append(encode_kv_list(message.args.items()))
@@ -225,12 +253,15 @@ def _encode_action(action: Action, value_type: str) -> bytes:
 _ACK_HEADER = FRAME_HEADER.pack(FrameType.ACK, FrameFlags.FIN)
 
 
-def encode_ack(stream_id: int, frame_id: int, actions: Iterable[Action]) -> bytes:
+def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes:
     """The bytes of an ACK frame, as encode_frame(Ack(...)) gives them, without
     building the event: the server sends one per request. Its actions are
     mostly Encoded already (see Encoded), so they are copied, not encoded."""
-    payload = b"".join([action.data if type(action) is Encoded else encode_action(action)
-                        for action in actions])
+    if len(actions) == 1 and type(actions[0]) is Encoded:  # an agent's usual answer
+        payload = actions[0].data
+    else:
+        payload = b"".join([action.data if type(action) is Encoded else encode_action(action)
+                            for action in actions])
     ids = bytes((stream_id, frame_id)) if stream_id < _LONG and frame_id < _LONG \
         else encode_varint(stream_id) + encode_varint(frame_id)
     return b"".join((LENGTH.pack(FRAME_HEADER.size + len(ids) + len(payload)), _ACK_HEADER,
@@ -336,64 +367,82 @@ def _decode_agent_disconnect(head: FrameHeader, buf: Buffer) -> AgentDisconnect:
 
 
 def _decode_notify(head: FrameHeader, buf: Buffer) -> Notify:
+    return decode_notify(buf, head.payload_at, head.stream_id, head.frame_id)
+
+
+def decode_notify(buf: Buffer, pos: int, stream_id: int, frame_id: int,
+                  schemas: Schemas | None = None) -> Notify:
+    """The NOTIFY whose messages start at buf[pos]. A message named in
+    `schemas` comes as MessageValues (its arguments in the schema's order),
+    any other as a Message."""
     # The hot path of the agent (one call per request): names and strings
     # shorter than 240 bytes, whose length is one byte, NULLs, short BINARY
     # and IPv4 values are read inline; everything else goes through the
     # general decoders. An index past the end is a truncated frame.
     if type(buf) is not bytes:
         buf = bytes(buf)  # its slices are then bytes: hashable, and copied once
-    messages = []
-    pos = head.payload_at
+    messages: list[Message | MessageValues] = []
     end = len(buf)
     names = _ARG_NAMES
     try:
         while pos < end:
-            name, pos = decode_str(buf, pos)
+            size = buf[pos]
+            schema = None
+            if size < _LONG and schemas:
+                schema = schemas.get(buf[pos + 1 : pos + 1 + size])
+            if schema is None:
+                name, pos = decode_str(buf, pos)
+                args: dict[str, Value] = {}
+            else:
+                name, index_of, count = schema
+                pos += 1 + size
+                values: list[Value] = [None] * count  # an argument not sent is NULL
             nb_args = buf[pos]
             pos += 1
-            args: dict[str, Value] = {}
             for _ in range(nb_args):
                 size = buf[pos]
                 if size < _LONG:
                     pos += 1
                     raw = buf[pos : pos + size]
                     pos += size
+                    if pos > end:
+                        raise SpopError(Status.INVALID_FRAME, "truncated argument name")
+                else:
+                    raw, pos = decode_bytes(buf, pos)
+                value: Value
+                kind = buf[pos]
+                if kind in _SIZED and buf[pos + 1] < _LONG:
+                    start = pos + 2
+                    pos = start + buf[pos + 1]
+                    if pos > end:
+                        raise SpopError(Status.INVALID_FRAME, "truncated string")
+                    # BINARY: headers HAProxy cut with bytes() (credentials), a body.
+                    value = buf[start:pos].decode("utf-8", "surrogateescape") \
+                        if kind == _STRING else buf[start:pos]
+                elif kind == _NULL:
+                    value = None
+                    pos += 1
+                elif kind == _IPV4 and pos + 5 <= end:
+                    value = _ipv4(buf[pos + 1 : pos + 5])
+                    pos += 5
+                else:
+                    value, pos = decode_value(buf, pos)
+                if schema is None:
                     key = names.get(raw)
                     if key is None:
-                        if pos > end:
-                            raise SpopError(Status.INVALID_FRAME, "truncated argument name")
                         key = str(raw, "utf-8", "surrogateescape")
                         if len(names) < _MAX_ARG_NAMES:
                             names[raw] = key
+                    args[key] = value
                 else:
-                    key, pos = decode_str(buf, pos)
-                kind = buf[pos]
-                if kind == _NULL:
-                    args[key] = None
-                    pos += 1
-                    continue
-                if kind in _SIZED:
-                    size = buf[pos + 1]
-                    if size < _LONG:
-                        start = pos + 2
-                        pos = start + size
-                        if pos > end:
-                            raise SpopError(Status.INVALID_FRAME, "truncated string")
-                        # BINARY: headers HAProxy cut with bytes() (credentials), a body.
-                        if kind == _STRING:
-                            args[key] = str(buf[start:pos], "utf-8", "surrogateescape")
-                        else:
-                            args[key] = buf[start:pos]
-                        continue
-                elif kind == _IPV4 and pos + 5 <= end:
-                    args[key] = _ipv4(buf[pos + 1 : pos + 5])
-                    pos += 5
-                    continue
-                args[key], pos = decode_value(buf, pos)
-            messages.append(Message(name, args))
+                    index = index_of.get(raw)
+                    if index is not None:  # an argument the handler does not read is dropped
+                        values[index] = value
+            messages.append(Message(name, args) if schema is None
+                            else MessageValues(name, values))
     except IndexError:
         raise SpopError(Status.INVALID_FRAME, "truncated message") from None
-    return Notify(head.stream_id, head.frame_id, tuple(messages))
+    return Notify(stream_id, frame_id, tuple(messages))
 
 
 def _decode_scope(value: int) -> Scope:

@@ -250,3 +250,25 @@ def test_the_script_is_loaded_again_when_redis_forgot_it(redis_gw: Gateway) -> N
         assert rl.script_calls == 2
 
     run(body)
+
+
+def test_the_verdict_shows_the_tightest_limit_and_the_longest_wait(redis_gw: Gateway) -> None:
+    # The script names the limit with the fewest requests left (the first of
+    # equals) and, on a refusal, each limit's wait: the verdict shows the
+    # tightest, waits the longest, and caches every limit that refused.
+    async def body() -> None:
+        rl = limiter(redis_gw.redis_url)
+        wide, narrow, equal = limit("10/m"), limit("4/m", "ip", "a"), limit("4/m", "route", "r")
+        seen = [await rl.check([wide, narrow, equal]) for _ in range(4)]
+        assert [(v.admitted, v.limit, v.remaining) for v in seen] == [
+            (True, narrow, 3), (True, narrow, 2), (True, narrow, 1), (True, narrow, 0)]
+        assert [v.reset for v in seen] == [15, 30, 45, 60]  # seconds until narrow is full
+        refused = await rl.check([wide, narrow, equal])
+        assert (refused.admitted, refused.status, refused.limit) == (False, 429, narrow)
+        assert (refused.remaining, refused.reset, refused.retry_after) == (0, 60, 15)
+        assert wide.key not in rl.refusing._items
+        assert narrow.key in rl.refusing._items and equal.key in rl.refusing._items
+        # The key's own limit alone still admits: the refusal charged nothing.
+        assert (await rl.check([wide])).remaining == 5
+
+    run(body)

@@ -159,3 +159,21 @@ def test_a_hosts_own_prefix_wins_over_a_generic_exact_path() -> None:
     ))
     assert table.decide("GET", "/api/tags", "chat.example.com").rule == "openwebui"
     assert table.decide("GET", "/api/tags", "gw.example.com").rule == "generic-tags"
+
+
+def test_cached_decisions_are_the_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each (method, path, host) is decided once, then answered from the cache,
+    # which never grows past its bound nor keeps a long path.
+    from spoa_agent.policy import routes
+
+    monkeypatch.setattr(routes, "DECISION_CACHE_SIZE", 8)
+    table = RouteTable(load_config(EXAMPLE, env={}).routes)
+    requests = [(method, path, host) for method, path in ALLOWED + [(m, p) for m, p, _ in DENIED]
+                for host in ("", "api.example.com", "Bad_Host")]
+    for _ in range(2):
+        for method, path, host in requests:
+            assert table.decide(method, path, host) == table._decide(method, path, host)
+            assert len(table._decided) <= 8
+    long_path = "/api/" + "a" * routes.CACHED_REQUEST_SIZE
+    assert not table.decide("GET", long_path).allowed
+    assert ("GET", long_path, "") not in table._decided
