@@ -277,11 +277,8 @@ function M.render(vars, path, anthropic_version)
 end
 
 if core then
-  core.register_service("spoa-deny", "http", function(applet)
-    local anthropic = applet.headers["anthropic-version"]
-    local status, headers, body = M.render(
-      M.read_vars(function(name) return applet:get_var(name) end, M.DENIAL_VARS),
-      applet.path, anthropic and anthropic[0])
+  --- An applet's whole answer: status, headers, then the body.
+  local function answer(applet, status, headers, body)
     applet:set_status(status)
     for _, header in ipairs(headers) do
       applet:add_header(header[1], header[2])
@@ -289,22 +286,26 @@ if core then
     applet:add_header("Content-Length", tostring(#body))
     applet:start_response()
     applet:send(body)
+  end
+
+  local function applet_vars(applet, names)
+    return M.read_vars(function(name) return applet:get_var(name) end, names)
+  end
+
+  core.register_service("spoa-deny", "http", function(applet)
+    local anthropic = applet.headers["anthropic-version"]
+    answer(applet, M.render(applet_vars(applet, M.DENIAL_VARS), applet.path,
+      anthropic and anthropic[0]))
   end)
 
   core.register_service("spoa-models", "http", function(applet)
     local anthropic = applet.headers["anthropic-version"]
-    local body = M.model_list(applet:get_var("txn.spoa.models"), applet.path,
-      anthropic and anthropic[0])
-    applet:set_status(200)
-    applet:add_header("Content-Type", "application/json")
-    applet:add_header("Cache-Control", "no-store")
-    for _, header in ipairs(M.ratelimit_headers(M.read_vars(
-        function(name) return applet:get_var(name) end, M.RATELIMIT_VARS))) do
-      applet:add_header(header[1], header[2])
+    local headers = { { "Content-Type", "application/json" }, { "Cache-Control", "no-store" } }
+    for _, header in ipairs(M.ratelimit_headers(applet_vars(applet, M.RATELIMIT_VARS))) do
+      headers[#headers + 1] = header
     end
-    applet:add_header("Content-Length", tostring(#body))
-    applet:start_response()
-    applet:send(body)
+    answer(applet, 200, headers, M.model_list(applet:get_var("txn.spoa.models"), applet.path,
+      anthropic and anthropic[0]))
   end)
 
   core.register_action("spoa-ratelimit-headers", { "http-res" }, function(txn)
