@@ -59,10 +59,20 @@ def _cluster_port() -> int:
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
+_given_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, and one this process has not handed out
+    before: the kernel may offer a port again once its socket is closed, and
+    a gateway's agent and usage ports must differ."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None,
