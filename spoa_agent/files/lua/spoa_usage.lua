@@ -170,6 +170,12 @@ local function sender()
           queue[i] = nil
         end
         first = first + n
+        if first > last then
+          -- Idle: no connection left open. An open one would keep an old
+          -- HAProxy process alive after a reload (its streams never end).
+          sock:close()
+          sock = nil
+        end
       else
         -- The agent or Redis is away: keep the batch, try again in a second.
         if sock ~= nil then
