@@ -27,12 +27,7 @@ def rows(cells: Iterable[Cell], by: By, names: Mapping[str, str]) -> list[dict[s
         else:
             group = f"{cell.bucket[:4]}-{cell.bucket[4:6]}-{cell.bucket[6:8]}"
             label = {"day": group}
-        usage = sums.setdefault(group, (label, Usage()))[1]
-        for metric, value in (("requests", cell.usage.requests), ("in", cell.usage.input),
-                              ("out", cell.usage.output), ("bytes", cell.usage.bytes),
-                              ("ms", cell.usage.ms)):
-            usage.add(metric, value)
-        usage.errors += cell.usage.errors
+        sums.setdefault(group, (label, Usage()))[1].merge(cell.usage)
     ordered = sorted(sums.items(), key=lambda item: item[0]) if by == "day" else \
         sorted(sums.items(), key=lambda item: -(item[1][1].input + item[1][1].output))
     return [{**label, **_figures(usage)} for _, (label, usage) in ordered]

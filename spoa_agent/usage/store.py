@@ -25,8 +25,6 @@ NAMES = PREFIX + "names"
 HOURLY_DAYS = 7
 RECORD_TTL = 3 * 86400  # seconds a record's id is remembered
 SCRIPT = resources.files("spoa_agent.usage").joinpath("usage_record.lua").read_text()
-METRICS = ("requests", "in", "out", "bytes", "ms", "s1xx", "s2xx", "s3xx", "s4xx", "s5xx",
-           "sother")
 
 
 def hour_of(ts: int) -> str:
@@ -39,12 +37,11 @@ def day_of(ts: int) -> str:
 
 def script_args(records: Sequence[UsageRecord], retention_days: int) -> list[str | int]:
     """usage_record.lua's ARGV for a batch (see the script)."""
-    args: list[str | int] = [PREFIX, HOURLY_DAYS * 86400 + 3600,
-                             max(retention_days * 86400, RECORD_TTL)]
+    args: list[str | int] = [PREFIX, HOURLY_DAYS * 86400 + 3600, retention_days * 86400,
+                             RECORD_TTL]
     for r in records:
         args += [r.id, hour_of(r.ts), day_of(r.ts), r.principal, r.name, r.model,
-                 r.status_class,
-                 r.input, r.output, r.bytes, r.ms]
+                 r.status_class, r.input, r.output, r.bytes, r.ms]
     return args
 
 
@@ -72,6 +69,14 @@ class Usage:
             self.ms += value
         elif metric in ("s4xx", "s5xx"):
             self.errors += value
+
+    def merge(self, other: Usage) -> None:
+        self.requests += other.requests
+        self.input += other.input
+        self.output += other.output
+        self.bytes += other.bytes
+        self.ms += other.ms
+        self.errors += other.errors
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,9 @@ def test_the_script_gets_eleven_values_per_record() -> None:
     record = parse_record(line())
     assert record is not None
     args = script_args([record, record], retention_days=35)
-    assert len(args) == 3 + 2 * 11
-    assert args[3:14] == ["h-1-2-3", "2026113012", "20261130", "k1", "laptop aider",
+    assert args[:4] == ["spoa:usage:{spoa-usage}:", 7 * 86400 + 3600, 35 * 86400, 3 * 86400]
+    assert len(args) == 4 + 2 * 11
+    assert args[4:15] == ["h-1-2-3", "2026113012", "20261130", "k1", "laptop aider",
                           "llama3.2:1b", "2xx", 12, 3, 400, 25]
 
 
