@@ -66,6 +66,7 @@ class UsageProtocol(asyncio.Protocol):
         self.lines: list[bytes] = []
         self.busy = False  # a batch is being counted: read nothing more
         self.transport: asyncio.Transport | None = None
+        self.counting: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -78,8 +79,14 @@ class UsageProtocol(asyncio.Protocol):
         self._take_lines()
 
     def _take_lines(self) -> None:
-        while not self.busy and b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
+        # Lines are read at an offset and the rest kept once: a batch of 500
+        # lines in one read costs one copy of the buffer, not one per line.
+        buffer, at = self.buffer, 0
+        while not self.busy:
+            end = buffer.find(b"\n", at)
+            if end < 0:
+                break
+            line, at = buffer[at:end], end + 1
             if self.expected == 0:
                 words = line.split()
                 if len(words) != 2 or words[0] != b"batch" or not words[1].isdigit() \
@@ -91,7 +98,9 @@ class UsageProtocol(asyncio.Protocol):
             self.lines.append(line)
             if len(self.lines) == self.expected:
                 self.busy = True
-                asyncio.get_running_loop().create_task(self._count())
+                # Held here: the loop keeps only a weak reference to a task.
+                self.counting = asyncio.get_running_loop().create_task(self._count())
+        self.buffer = buffer[at:]
 
     async def _count(self) -> None:
         lines, self.lines = self.lines, []
