@@ -41,7 +41,6 @@ import contextlib
 import http.client
 import json
 import multiprocessing
-import os
 import resource
 import statistics
 import sys
@@ -54,6 +53,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.run import cpu_seconds  # noqa: E402 (the process and its descendants)
 from spoa_agent.auth import SecretHasher  # noqa: E402 (after the path above)
 from spoa_agent.auth.keys import format_key, new_key_id, new_secret  # noqa: E402
 from spoa_agent.demo.stack import (  # noqa: E402
@@ -74,12 +74,6 @@ FLOODER, CLIENT, NEWCOMER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 SAMPLE_EVERY = 0.010
 NEWCOMERS = 15
 RESEND_AFTER = 0.5
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], percent: float) -> float:

@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.run import cpu_seconds  # noqa: E402 (the process and its descendants)
 from spoa_agent.demo.stack import (  # noqa: E402 (after the path above)
     Gateway,
     haproxy_binaries,
@@ -57,11 +58,6 @@ frontend upstream
 """
 LOOSE = {'per_key = "120/m"': 'per_key = "100000000/m"',
          'per_ip = "600/m"': 'per_ip = "100000000/m"'}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def counted_requests(gw: Gateway) -> int:
