@@ -17,14 +17,19 @@ from tests.e2e.conftest import create_key
 MODEL = "llama3.2:1b"
 
 
+def running_gateway(request: pytest.FixtureRequest, workdir: Path, config: Path,
+                    workers: int = 1) -> Iterator[Gateway]:
+    """The whole gateway on the HAProxy version the fixture is parametrized with."""
+    if request.param is None:
+        pytest.fail(f"{request.node.name}: HAProxy binary not installed (run `make test`)")
+    with gateway(workdir, str(request.param), config, workers) as running:
+        yield running
+
+
 @pytest.fixture(scope="module", params=haproxy_params())
 def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
        ) -> Iterator[Gateway]:
-    if request.param is None:
-        pytest.fail(f"{request.node.name}: HAProxy binary not installed (run `make test`)")
-    workdir: Path = tmp_path_factory.mktemp("clients")
-    with gateway(workdir, str(request.param), EXAMPLE_CONFIG) as running:
-        yield running
+    yield from running_gateway(request, tmp_path_factory.mktemp("clients"), EXAMPLE_CONFIG)
 
 
 def _create(gw: Gateway, *args: str) -> str:

@@ -18,8 +18,8 @@ import ollama
 import openai
 import pytest
 
-from spoa_agent.demo.stack import Gateway, gateway
-from tests.clients.conftest import MODEL
+from spoa_agent.demo.stack import Gateway
+from tests.clients.conftest import MODEL, running_gateway
 from tests.conftest import EXAMPLE_CONFIG, haproxy_params
 from tests.e2e.conftest import create_key
 
@@ -29,16 +29,13 @@ REQUESTS = 1000
 @pytest.fixture(scope="module", params=haproxy_params())
 def two_workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[Gateway]:
-    if request.param is None:
-        pytest.fail(f"{request.node.name}: HAProxy binary not installed (run `make test`)")
     workdir: Path = tmp_path_factory.mktemp("usage")
     # The example policy, its per-address limit out of the way of 1,000
     # requests from one address (the key gets a rate of its own).
     config = workdir / "agent.toml"
     config.write_text(EXAMPLE_CONFIG.read_text().replace('per_ip = "600/m"',
                                                          'per_ip = "100000/m"'))
-    with gateway(workdir / "gw", str(request.param), config, workers=2) as running:
-        yield running
+    yield from running_gateway(request, workdir / "gw", config, workers=2)
 
 
 def calls(oa: openai.OpenAI, an: anthropic.Anthropic,
