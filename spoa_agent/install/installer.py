@@ -210,7 +210,6 @@ class Setup:
         self.manifest = Manifest(dict(self.previous.files), list(self.previous.dirs),
                                  self.previous.user_created)
         self.changed_units = False
-        self.changed = False
 
     def steps(self) -> list[Step]:
         if self.host.real and not shutil.which("haproxy"):
@@ -224,7 +223,9 @@ class Setup:
             steps += self._file(spec)
         for directory in PLANNED_DIRS:
             steps += self._directories_for(directory)
-        steps += self._services()
+        # Anything carried out (not only printed) changes the host: then the
+        # services pick it up.
+        steps += self._services(any(step.action is not None for step in steps))
         steps += self._manifest()
         return steps
 
@@ -235,7 +236,6 @@ class Setup:
             return [Step("unchanged", f"user {layout.AGENT_USER}")]
         if self.host.real:
             self.manifest.user_created = True
-            self.changed = True
         return [_command(self.host, ["useradd", "--system", "--home-dir", "/nonexistent",
                                      "--no-create-home", "--shell", "/usr/sbin/nologin",
                                      layout.AGENT_USER])]
@@ -260,7 +260,6 @@ class Setup:
         for directory in reversed(missing):
             spec = PLANNED_DIRS.get(directory, DirSpec(directory))
             self.manifest.dirs.append(str(directory))
-            self.changed = True
             steps.append(Step("create", f"{directory}/",
                               self._mkdir(directory, spec.mode, spec.group)))
         return steps
@@ -296,12 +295,10 @@ class Setup:
         self.manifest.files[str(beside.path)] = new_digest
         if beside_target.exists() and digest(beside_target.read_bytes()) == new_digest:
             return [Step("keep", f"{key} (edited; the shipped version is in {beside.path})")]
-        self.changed = True
         return [Step("keep", f"{key} (edited); the shipped version goes to {beside.path}: "
                              "compare and merge", self._write(beside_target, beside))]
 
     def _note_change(self, spec: FileSpec) -> None:
-        self.changed = True
         if spec.path in (layout.AGENT_UNIT, layout.HAPROXY_DROPIN):
             self.changed_units = True
 
@@ -320,8 +317,8 @@ class Setup:
 
     # --- services --------------------------------------------------------------
 
-    def _services(self) -> list[Step]:
-        if not self.changed:
+    def _services(self, changed: bool) -> list[Step]:
+        if not changed:
             return []
         steps = [_command(self.host, ["systemctl", "daemon-reload"]),
                  _command(self.host, ["systemctl", "enable", "spoa-agent.service"]),
