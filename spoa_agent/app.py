@@ -47,11 +47,13 @@ PLAN_CACHE_SIZE = 65536  # limit plans kept, (caller, address, rule) each
 # The log action of a refusal, by the step that refused: the client's doing
 # (fail2ban's filter counts some)...
 CLIENT_ACTIONS: dict[Stage, str] = {"auth": "auth_failed", "policy": "policy_denied",
-                                    "limit": "rate_limited"}
+                                    "limit": "rate_limited",
+                                    "budget": "token_budget_exhausted"}
 # ...and the same refusal when the gateway caused it (a 5xx), never counted.
 GATEWAY_ACTIONS: dict[Stage, str] = {"auth": "auth_unavailable",
                                      "policy": "policy_unavailable",
-                                     "limit": "ratelimit_unavailable"}
+                                     "limit": "ratelimit_unavailable",
+                                    "budget": "ratelimit_unavailable"}
 
 
 class _KeyCheck(NamedTuple):
@@ -190,8 +192,8 @@ class RequestChecker:
               decision: Decision) -> tuple[Limit, ...]:
         # The same caller from the same address on the same rule gets the
         # same immutable plan: its limit keys are built once, not per request.
-        key = (principal.kind, principal.id, principal.rate) if principal else None, ip, \
-            decision.rule
+        key = (principal.kind, principal.id, principal.rate, principal.tokens) \
+            if principal else None, ip, decision.rule
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= PLAN_CACHE_SIZE:
@@ -200,7 +202,8 @@ class RequestChecker:
             plan = self._plans[key] = plan_limits(
                 self.limits, (principal.kind, principal.id) if principal else None,
                 principal.rate if principal else None, ip, decision.rule,
-                route.rate if route is not None else None)
+                route.rate if route is not None else None,
+                principal.tokens if principal else None)
         return plan
 
     def limited(self, step: _LimitCheck, verdict: Verdict) -> Outcome:
@@ -208,9 +211,13 @@ class RequestChecker:
         stage: Stage = "allowed"
         if not verdict.admitted:
             assert verdict.reason is not None
-            decision, stage = refuse(verdict.reason, decision.rule), "limit"
+            decision = refuse(verdict.reason, decision.rule)
+            stage = "budget" if verdict.reason is Reason.TOKEN_BUDGET_EXHAUSTED else "limit"
+        limits = step.limits
+        # plan_limits() puts the token budget last.
+        budget = limits[-1] if limits and limits[-1].is_budget else None
         return Outcome(decision, stage, step.principal, "", verdict,
-                       self._in_flight_for(step.principal))
+                       self._in_flight_for(step.principal), budget)
 
     def _in_flight_for(self, principal: Principal | None) -> int:
         if principal is None:
@@ -248,7 +255,7 @@ class RequestChecker:
         decision, principal = outcome.decision, outcome.principal
         extra = {"rule": decision.rule, "detail": decision.detail,
                  "scope": outcome.verdict.limit.scope
-                 if outcome.stage == "limit" and outcome.verdict.limit else "",
+                 if outcome.stage in ("limit", "budget") and outcome.verdict.limit else "",
                  "key_id": principal.id if principal else outcome.key_id,
                  "principal": principal.name if principal else ""}
         getattr(self.log, level)(

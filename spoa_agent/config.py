@@ -19,7 +19,7 @@ from spoa_agent.auth.jwt import JwtVerifier, load_issuer
 from spoa_agent.auth.keys import validate_prefix
 from spoa_agent.logging import LEVELS
 from spoa_agent.policy import PRESET_NAMES, Route, RouteError, RouteTable, preset_routes
-from spoa_agent.ratelimit.limits import OnRedisError, Rate, parse_rate
+from spoa_agent.ratelimit.limits import OnRedisError, Rate, parse_rate, parse_token_budget
 from spoa_agent.ratelimit.settings import LimitSpec, RateLimitConfig
 from spoa_agent.server.settings import Listen, ServerConfig
 from spoa_agent.spop import MIN_FRAME_SIZE
@@ -301,7 +301,7 @@ def _limit(reader: _Reader, data: Mapping[str, Any], key: str,
 
 def _ratelimit(reader: _Reader, data: Mapping[str, Any]) -> RateLimitConfig:
     reader.unknown(data, {"per_key", "per_ip", "global", "per_key_in_flight", "on_redis_error",
-                          "redis_timeout"}, "ratelimit")
+                          "redis_timeout", "tokens_per_key", "tokens_count"}, "ratelimit")
     d = RateLimitConfig()
     mode = _on_error(reader, data.get("on_redis_error"), "ratelimit.on_redis_error",
                      d.on_redis_error)
@@ -312,7 +312,25 @@ def _ratelimit(reader: _Reader, data: Mapping[str, Any]) -> RateLimitConfig:
         per_key_in_flight=reader.integer(data, "per_key_in_flight", "ratelimit", 0, 0, 100_000),
         on_redis_error=mode,
         redis_timeout=reader.seconds(data, "redis_timeout", "ratelimit", d.redis_timeout),
+        **_token_budget(reader, data),
     )
+
+
+def _token_budget(reader: _Reader, data: Mapping[str, Any]) -> dict[str, Any]:
+    """`tokens_per_key = "1M/d"` and `tokens_count = "all" | "output"`."""
+    settings: dict[str, Any] = {}
+    text = data.get("tokens_per_key")
+    if text not in (None, ""):
+        try:
+            settings["tokens_per_key"] = parse_token_budget(str(text))
+            settings["tokens_per_key_text"] = str(text).strip()
+        except ValueError as err:
+            reader.problem("ratelimit.tokens_per_key", str(err))
+    counted = data.get("tokens_count", "all")
+    if counted not in ("all", "output"):
+        reader.problem("ratelimit.tokens_count", f'must be "all" or "output", got {counted!r}')
+    settings["tokens_output_only"] = counted == "output"
+    return settings
 
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)b?", re.I)
@@ -500,6 +518,9 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         source=source,
     )
     config = replace(config, deny_all=_deny_all(reader, data, config.routes))
+    if config.ratelimit.tokens_per_key is not None and config.usage.listen is None:
+        reader.problem("ratelimit.tokens_per_key", "token budgets are charged from the usage "
+                       "HAProxy reports: [usage] listen must not be off")
     if problems:
         raise ConfigError(problems)
     return config

@@ -13,11 +13,13 @@ from typing import Literal, NamedTuple
 from spoa_agent.auth.principal import Principal
 from spoa_agent.policy.routes import Decision
 from spoa_agent.ratelimit.limiter import UNLIMITED, Verdict
+from spoa_agent.ratelimit.limits import Limit
 from spoa_agent.spop import Action, Encoded, SetVar
 from spoa_agent.spop.frames import encode_action
 
-# The step that decided: who the caller is, what it may do, how often.
-Stage = Literal["auth", "policy", "limit", "allowed"]
+# The step that decided: who the caller is, what it may do, how often, how
+# many LLM tokens.
+Stage = Literal["auth", "policy", "limit", "budget", "allowed"]
 _OWN_LOGIN = Encoded.of(SetVar("own_login", True)).data
 
 
@@ -28,6 +30,7 @@ class Outcome(NamedTuple):  # a tuple: built for every request, cheaply
     key_id: str = ""  # the key a refused credential named
     verdict: Verdict = UNLIMITED  # the limits' figures, shown to the client
     max_in_flight: int = 0  # requests at once for this key, counted by HAProxy
+    budget: Limit | None = None  # the token budget its answer's usage is charged to
 
 
 def render(outcome: Outcome) -> tuple[Action, ...]:
@@ -55,7 +58,20 @@ def render(outcome: Outcome) -> tuple[Action, ...]:
         parts.append(_int_var("rl_reset", verdict.reset))
         if verdict.retry_after:
             parts.append(_int_var("retry_after", verdict.retry_after))
+    if outcome.budget is not None and decision.allowed:
+        parts.append(budget_var(outcome.budget))
     return (Encoded(b"".join(parts)),)
+
+
+@functools.lru_cache(maxsize=4096)
+def budget_var(budget: Limit) -> bytes:
+    """Where lua/spoa_usage.lua's record of the answer charges its tokens:
+    the budget's Redis key, microseconds per token, and whether the input
+    counts (1) or only the output (0). The agent that admitted the request
+    decides this; the usage listener charges what the record says."""
+    counts_input = 0 if budget.scope == "output_tokens" else 1
+    return Encoded.of(SetVar("budget", f"{budget.key} {budget.rate.interval_us} "
+                                       f"{counts_input}")).data
 
 
 # The paths that list models (OpenAI's and Anthropic's, Ollama's): for a key

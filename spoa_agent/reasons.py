@@ -73,6 +73,8 @@ class Reason(StrEnum):
 
     # --- limits (429) ---
     RATE_LIMITED = "rate_limited", 429, "rate_limited"
+    # The key's (or JWT subject's) LLM token budget is used up until it refills.
+    TOKEN_BUDGET_EXHAUSTED = "token_budget_exhausted", 429, "token_budget_exhausted"
     TOO_MANY_KEY_CHECKS = "too_many_key_checks", 429, "too_many_key_checks"
 
     # --- the gateway's own trouble (503): never counted against the client ---

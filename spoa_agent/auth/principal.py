@@ -16,6 +16,7 @@ class Principal:
     routes: frozenset[str] = frozenset()  # rule names this key may use; empty: any
     models: frozenset[str] = frozenset()  # empty: any
     rate: str | None = None
+    tokens: str | None = None  # its own LLM token budget, e.g. "200k/d"
     max_in_flight: int | None = None  # requests at once; HAProxy counts them
     expires_at: float | None = None
 

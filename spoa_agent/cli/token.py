@@ -29,7 +29,7 @@ from spoa_agent.auth.keys import (
     parse_key,
 )
 from spoa_agent.config import Config, parse_seconds
-from spoa_agent.ratelimit.limits import parse_rate
+from spoa_agent.ratelimit.limits import parse_rate, parse_token_budget
 from spoa_agent.store.redis import redacted, sync_client
 from spoa_agent.store.tokens import KeyRecord, TokenStore, UnknownKey
 
@@ -48,7 +48,12 @@ class DurationType(click.ParamType[float]):
 
 
 class RateType(click.ParamType[str]):
+    """A rate (or, with parse_token_budget, a token budget) as given, or 'none'."""
+
     name = "N/PERIOD"
+
+    def __init__(self, parse: Callable[[str], object] = parse_rate) -> None:
+        self.parse = parse
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> str:
@@ -56,7 +61,7 @@ class RateType(click.ParamType[str]):
         if text.lower() == "none":
             return "none"
         try:
-            parse_rate(text)
+            self.parse(text)
         except ValueError as err:
             self.fail(str(err), param, ctx)
         return text
@@ -126,6 +131,7 @@ def _print_record(record: KeyRecord, fmt: str) -> None:
         ("id", info["id"]), ("name", info["name"]), ("status", info["status"]),
         ("scopes", " ".join(record.scopes) or "-"), ("routes", " ".join(record.routes) or "any"),
         ("models", " ".join(record.models) or "any"), ("rate", record.rate or "-"),
+        ("token budget", record.tokens or "-"),
         ("max in flight", str(record.max_in_flight or "-")),
         ("created", _when(record.created_at)), ("expires", _when(record.expires_at)),
         ("revoked", _when(record.revoked_at)), ("last used", _when(record.last_used_at)),
@@ -150,6 +156,9 @@ def _restrictions(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--rate", type=RateType(), default=None,
                      help="Per-key rate limit, e.g. 60/m, 100/5m or 60/m,burst=10 "
                           "('none' removes it)."),
+        click.option("--tokens", type=RateType(parse_token_budget), default=None,
+                     help="LLM token budget, e.g. 200k/d or 1M/7d ('none' removes it; "
+                          "see docs/usage.md)."),
     ]):
         fn = option(fn)
     return fn
@@ -168,7 +177,7 @@ def token() -> None:
 @click.pass_context
 def create(ctx: click.Context, name: str, scopes: tuple[str, ...], routes: tuple[str, ...],
            models: tuple[str, ...], max_in_flight: int | None, rate: str | None,
-           expires: float | None, fmt: str) -> None:
+           tokens: str | None, expires: float | None, fmt: str) -> None:
     """Create a key and print its secret once."""
     if not name.strip() or len(name) > 200 or not name.isprintable():
         raise click.BadParameter("give a printable name of 1 to 200 characters",
@@ -182,6 +191,7 @@ def create(ctx: click.Context, name: str, scopes: tuple[str, ...], routes: tuple
             record = KeyRecord(
                 key_id=new_key_id(), name=name.strip(), hash=hashed, scopes=scopes,
                 routes=routes, models=models, rate=None if rate in (None, "none") else rate,
+                tokens=None if tokens in (None, "none") else tokens,
                 max_in_flight=max_in_flight or None,
                 created_at=now, expires_at=now + expires if expires else None,
             )
@@ -239,14 +249,16 @@ def show(ctx: click.Context, key_id: str, fmt: str) -> None:
 @click.pass_context
 def update(ctx: click.Context, key_id: str, scopes: tuple[str, ...], routes: tuple[str, ...],
            models: tuple[str, ...], max_in_flight: int | None, rate: str | None,
-           expires: str | None, fmt: str) -> None:
-    """Change a key's scopes, routes, models, rate or expiry; agents see it within a second."""
+           tokens: str | None, expires: str | None, fmt: str) -> None:
+    """Change a key's scopes, routes, models, rate, token budget or expiry; agents see it
+    within a second."""
     changes: dict[str, str | None] = {}
     for name, values in (("scopes", scopes), ("routes", routes), ("models", models)):
         if values:
             changes[name] = json.dumps([] if values == ("none",) else list(values))
-    if rate is not None:
-        changes["rate"] = None if rate == "none" else rate
+    for name, value in (("rate", rate), ("tokens", tokens)):
+        if value is not None:
+            changes[name] = None if value == "none" else value
     if max_in_flight is not None:
         changes["max_in_flight"] = str(max_in_flight) if max_in_flight else None
     if expires is not None:
@@ -259,7 +271,7 @@ def update(ctx: click.Context, key_id: str, scopes: tuple[str, ...], routes: tup
                 raise click.BadParameter(str(err), param_hint="--expires") from None
     if not changes:
         raise click.UsageError("nothing to change: give --scope, --route, --model, --rate, "
-                               "--max-in-flight or --expires")
+                               "--tokens, --max-in-flight or --expires")
     with _store(ctx) as store:
         record = store.update(_key_id(ctx, key_id), changes)
     _print_record(record, fmt)

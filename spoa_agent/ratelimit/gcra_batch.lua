@@ -4,11 +4,15 @@
 -- KEYS: every request's limit keys, request after request (one hash tag:
 --   one Cluster slot).
 -- ARGV[1]: per request "n interval1 tolerance1 ... intervaln tolerancen",
---   microseconds, all separated by spaces.
+--   microseconds, all separated by spaces. An interval of 0 is a token
+--   budget: it admits while its state is within its tolerance and is never
+--   charged here (the tokens an answer used are charged after it, by
+--   charge_tokens.lua).
 -- Time comes from Redis, once per batch, so agents with skewed clocks agree.
 -- Returns one string of integers: per request "admitted tightest remaining
 -- reset_us", tightest being the 0-based index among its limits of the one
--- with the fewest requests remaining (the first of equals), then, for a
+-- with the fewest requests remaining (the first of equals; n when all are
+-- budgets), then, for a
 -- refused request only, "retry_us" per limit. Each key is written once, at
 -- the end.
 local t = redis.call('TIME')
@@ -31,19 +35,21 @@ while a <= #args do
     if tat < now then tat = now end
     if tat + args[a + 1 + 2 * i] - now > args[a + 2 + 2 * i] then admitted = 0 end
   end
-  local tightest, fewest, reset, retries = 0, nil, 0, {}
+  local tightest, fewest, reset, retries = n, nil, 0, {}
   for i = 0, n - 1 do
     local key, interval, tolerance = KEYS[first + i], args[a + 1 + 2 * i], args[a + 2 + 2 * i]
     local tat = math.max(tat_of[key], now)
     retries[i + 1] = math.max(0, tat + interval - now - tolerance)
-    if admitted == 1 then
-      tat = tat + interval
-      tat_of[key] = tat
-      dirty[key] = true
-    end
-    local remaining = math.max(0, math.floor((tolerance - (tat - now)) / interval))
-    if fewest == nil or remaining < fewest then
-      tightest, fewest, reset = i, remaining, tat - now
+    if interval > 0 then
+      if admitted == 1 then
+        tat = tat + interval
+        tat_of[key] = tat
+        dirty[key] = true
+      end
+      local remaining = math.max(0, math.floor((tolerance - (tat - now)) / interval))
+      if fewest == nil or remaining < fewest then
+        tightest, fewest, reset = i, remaining, tat - now
+      end
     end
   end
   out[#out + 1] = admitted

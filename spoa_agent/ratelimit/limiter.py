@@ -45,7 +45,8 @@ class Verdict(NamedTuple):  # a tuple: built for every request, cheaply
     admitted: bool
     status: int = 200  # 429 over a limit, 503 Redis down under a closed limit
     reason: Reason | None = None
-    limit: Limit | None = None  # the limit to show the client: the tightest one
+    # The limit to show the client: the tightest one, or the one that refused.
+    limit: Limit | None = None
     remaining: int = 0
     reset: int = 0  # seconds until the tightest limit is full again
     retry_after: int = 0  # whole seconds, at least 1 when refused with 429
@@ -75,6 +76,11 @@ MAX_BATCH = 512
 
 
 RATELIMIT_CALLS = metrics.REDIS_CALLS.labels("ratelimit")
+
+
+def _refusal(limit: Limit) -> Reason:
+    """Why a request this limit refuses is refused: the one that waits longest names it."""
+    return Reason.TOKEN_BUDGET_EXHAUSTED if limit.is_budget else Reason.RATE_LIMITED
 
 
 def _seconds_up(microseconds: int) -> int:
@@ -130,7 +136,7 @@ class RateLimiter:
                 until = self.refusing.get(limit.key, now)
                 if until is not None and until > now:
                     wait = math.ceil(until - now)
-                    return Verdict(False, 429, Reason.RATE_LIMITED, limit, 0, wait, max(1, wait))
+                    return Verdict(False, 429, _refusal(limit), limit, 0, wait, max(1, wait))
         if not self.breaker.allow(now):
             return self._without_redis(limits)
         return None
@@ -189,7 +195,7 @@ class RateLimiter:
         for call in batch:
             parts.append(str(len(call.limits)))
             for limit in call.limits:
-                parts.append(limit.rate.batch_args)
+                parts.append(limit.batch_args)
         args = " ".join(parts)
         try:
             # The client's socket timeouts bound Redis itself (connect, each
@@ -264,20 +270,25 @@ class RateLimiter:
     def _verdict(self, limits: Sequence[Limit], numbers: list[int], at: int,
                  now: float) -> Verdict:
         """A request's verdict from its part of the script's answer, from
-        numbers[at]: admitted, the tightest limit's index, its remaining and
-        reset_us, then, if refused, retry_us per limit."""
-        tightest, remaining = limits[numbers[at + 1]], numbers[at + 2]
+        numbers[at]: admitted, the tightest limit's index (len(limits) when
+        all are token budgets, which have no requests to count down), its
+        remaining and reset_us, then, if refused, retry_us per limit."""
+        index, remaining = numbers[at + 1], numbers[at + 2]
+        tightest = limits[index] if index < len(limits) else None
         reset = _seconds_up(numbers[at + 3])
         if numbers[at] == 1:
             return Verdict(True, 200, None, tightest, remaining, reset)
-        retry_us = 0
+        retry_us, refused_by = 0, limits[0]
         for limit, limit_retry_us in zip(limits, numbers[at + 4:at + 4 + len(limits)],
                                          strict=True):
             if limit_retry_us > 0:
-                retry_us = max(retry_us, limit_retry_us)
+                if limit_retry_us > retry_us:
+                    retry_us, refused_by = limit_retry_us, limit
                 self.refusing.put(limit.key, now + limit_retry_us / 1_000_000, now)
-        return Verdict(False, 429, Reason.RATE_LIMITED, tightest, remaining, reset,
-                       max(1, _seconds_up(retry_us)))
+        # A refusal shows the limit that refused it (the one that waits
+        # longest), a token budget included: none of it is left.
+        retry = max(1, _seconds_up(retry_us))
+        return Verdict(False, 429, _refusal(refused_by), refused_by, 0, max(reset, retry), retry)
 
     def _without_redis(self, limits: Sequence[Limit]) -> Verdict:
         closed = [limit for limit in limits if limit.on_redis_error is OnRedisError.CLOSED]

@@ -26,3 +26,8 @@ class RateLimitConfig:
     # A local Redis answers in well under 1 ms; 100 ms turned a VM's brief
     # stall into 503s, and 250 ms still leaves most of the handler's 900 ms.
     redis_timeout: float = 0.25
+    # LLM tokens per key (and JWT subject) without a budget of its own,
+    # charged from the usage the upstream reports ([usage] must be on).
+    tokens_per_key: Rate | None = None
+    tokens_per_key_text: str = ""  # as configured: it names the budget's state
+    tokens_output_only: bool = False  # count only the answer's tokens

@@ -1,6 +1,6 @@
 """API key records in Redis, one hash per key id, and change announcements.
 
-    spoa:key:{<id>}   hash: name, hash (argon2id), scopes, routes, models, rate,
+    spoa:key:{<id>}   hash: name, hash (argon2id), scopes, routes, models, rate, tokens,
                       created_at, expires_at, revoked_at, prev_hash,
                       prev_hash_until, last_used_at
     spoa:keys         set of key ids, for listing
@@ -50,6 +50,7 @@ class KeyRecord:
     routes: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     rate: str | None = None
+    tokens: str | None = None  # LLM token budget, e.g. "200k/d"
     max_in_flight: int | None = None
     created_at: float = field(default_factory=time.time)
     expires_at: float | None = None
@@ -79,7 +80,7 @@ class KeyRecord:
         for name in _TIME_FIELDS:
             if name in data:
                 kwargs[name] = float(data[name])
-        for name in ("rate", "prev_hash"):
+        for name in ("rate", "tokens", "prev_hash"):
             if name in data:
                 kwargs[name] = data[name]
         if "max_in_flight" in data:
@@ -98,7 +99,7 @@ class KeyRecord:
         return {
             "id": self.key_id, "name": self.name, "status": self.status(now),
             "scopes": list(self.scopes), "routes": list(self.routes), "models": list(self.models),
-            "rate": self.rate, "max_in_flight": self.max_in_flight,
+            "rate": self.rate, "tokens": self.tokens, "max_in_flight": self.max_in_flight,
             "created_at": self.created_at, "expires_at": self.expires_at,
             "revoked_at": self.revoked_at, "last_used_at": self.last_used_at,
             "previous_secret_valid_until": self.prev_hash_until,

@@ -1,10 +1,11 @@
 """Where HAProxy's Lua sends usage records ([usage] listen, loopback).
 
 The Lua sends `batch N` then N record lines, and waits for `ok N`, sent
-once the whole batch is in Redis: until then it keeps the records and sends
-them again on a new connection, and the store counts each id once. So
-nothing is lost while the agent or Redis is away (HAProxy holds them, up to
-its queue's bound), and nothing is counted twice.
+once the whole batch is in Redis, counted and charged to token budgets:
+until then it keeps the records and sends them again on a new connection,
+and the store counts (and the charger charges) each id once. So nothing is
+lost while the agent or Redis is away (HAProxy holds them, up to its
+queue's bound), and nothing is counted or charged twice.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 from typing import Any
 
 from spoa_agent import metrics
+from spoa_agent.ratelimit.budget import BudgetCharger
 from spoa_agent.usage.record import MAX_LINE, UsageRecord, parse_record
 from spoa_agent.usage.settings import UsageSettings
 from spoa_agent.usage.store import NAMES, SCRIPT, script_args
@@ -23,10 +25,11 @@ MAX_MODEL_LABELS = 64
 
 
 class UsageCounter:
-    """Counts batches into Redis and Prometheus."""
+    """Counts batches into Redis and Prometheus, and charges token budgets."""
 
     def __init__(self, client: Any, settings: UsageSettings, log: Any) -> None:
         self.script = client.register_script(SCRIPT)
+        self.budgets = BudgetCharger(client)
         self.settings = settings
         self.log = log
         self.models: set[str] = set()
@@ -39,6 +42,9 @@ class UsageCounter:
                 self._observe(record)
             else:
                 metrics.USAGE_DROPPED.inc("resent")
+        # After the counting: a batch that fails here is sent again, counted
+        # as seen already, and charged then.
+        await self.budgets.charge(records)
 
     def _observe(self, record: UsageRecord) -> None:
         model = record.model

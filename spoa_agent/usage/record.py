@@ -20,6 +20,18 @@ MAX_TOKENS = 1 << 40  # any count above is not a count
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 SEPARATOR = "\x1f"
 MISSING_MODEL = "-"  # answers that name no model (GET /api/tags, errors)
+# A token budget as the agent named it (outcome.budget_var): its Redis key
+# (a limiter key of a token scope), microseconds per token, input counted.
+_BUDGET = re.compile(r"(spoa:rl:\{spoa-rl\}:(?:output_)?tokens:[^\x00-\x20\x7f]{1,400}) "
+                     r"([1-9][0-9]{0,11}) ([01])")
+
+
+class Charge(NamedTuple):
+    """What an answer costs its token budget."""
+
+    key: str  # the budget's Redis key
+    interval_us: int  # microseconds of the budget's period per token
+    tokens: int
 
 
 class UsageRecord(NamedTuple):
@@ -33,6 +45,7 @@ class UsageRecord(NamedTuple):
     bytes: int  # of the answer's body
     ms: int  # from the request's start to the answer's end
     ts: int  # Unix time of the answer's end (HAProxy's clock)
+    charge: Charge | None = None  # to the key's token budget, if it has one
 
     @property
     def status_class(self) -> str:
@@ -63,4 +76,13 @@ def parse_record(line: bytes) -> UsageRecord | None:
     if not all(type(n) is int and 0 <= n < MAX_TOKENS for n in numbers):
         return None
     status, used_in, used_out, size, ms, ts = numbers
-    return UsageRecord(ident, principal, name, model, status, used_in, used_out, size, ms, ts)
+    charge = None
+    if "budget" in raw:
+        budget = raw["budget"]
+        found = _BUDGET.fullmatch(budget) if isinstance(budget, str) else None
+        if found is None:
+            return None
+        key, interval, counts_input = found.groups()
+        charge = Charge(key, int(interval), used_out + (used_in if counts_input == "1" else 0))
+    return UsageRecord(ident, principal, name, model, status, used_in, used_out, size, ms, ts,
+                       charge)

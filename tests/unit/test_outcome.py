@@ -3,12 +3,14 @@ reads it: every variable haproxy.cfg and the Lua use, with its type."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from spoa_agent.auth.principal import Principal
 from spoa_agent.outcome import Outcome, render
 from spoa_agent.policy import Route, RouteTable
 from spoa_agent.policy.routes import refuse
 from spoa_agent.ratelimit.limiter import Verdict
-from spoa_agent.ratelimit.limits import Limit, parse_rate
+from spoa_agent.ratelimit.limits import Limit, parse_rate, parse_token_budget
 from spoa_agent.reasons import Reason
 from spoa_agent.spop import Ack, Encoded, SetVar, decode_frame, encode_frame
 
@@ -43,6 +45,25 @@ def test_a_refusal_names_its_reason_detail_and_wait() -> None:
         "deny", 429, "rate_limited", 2)
     model = Outcome(refuse(Reason.MODEL_NOT_ALLOWED, "chat", "qwen"), "policy", KEY)
     assert variables(model)["detail"] == "qwen"
+
+
+def test_an_admitted_request_names_the_budget_its_answer_is_charged_to() -> None:
+    budget = Limit("tokens", "spoa:rl:{spoa-rl}:tokens:api_key:k1@1000/d",
+                   parse_token_budget("1000/d"))
+    admitted = Outcome(CHAT.decide("POST", "/api/chat"), "allowed", KEY, budget=budget)
+    assert variables(admitted)["budget"] == \
+        "spoa:rl:{spoa-rl}:tokens:api_key:k1@1000/d 86400000 1"
+    output_only = Outcome(CHAT.decide("POST", "/api/chat"), "allowed", KEY,
+                          budget=replace(budget, scope="output_tokens"))
+    assert str(variables(output_only)["budget"]).endswith(" 0")
+    # A refused request reaches no upstream: nothing to charge.
+    refused = Outcome(refuse(Reason.TOKEN_BUDGET_EXHAUSTED, "chat"), "budget", KEY,
+                      verdict=Verdict(False, 429, Reason.TOKEN_BUDGET_EXHAUSTED, budget, 0,
+                                      90, 90), budget=budget)
+    got = variables(refused)
+    assert "budget" not in got
+    assert (got["reason"], got["retry_after"], got["rl_scope"], got["rl_limit"]) == (
+        "token_budget_exhausted", 90, "tokens", 1000)
 
 
 def test_an_own_login_route_keeps_its_credentials() -> None:

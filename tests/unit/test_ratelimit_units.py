@@ -1,9 +1,13 @@
 """Rate specs and the circuit breaker: pure code."""
 
+from dataclasses import replace
+
 import pytest
 
 from spoa_agent.ratelimit.breaker import CircuitBreaker
-from spoa_agent.ratelimit.limits import Rate, parse_rate
+from spoa_agent.ratelimit.limits import OnRedisError, Rate, parse_rate, parse_token_budget
+from spoa_agent.ratelimit.plan import plan_limits
+from spoa_agent.ratelimit.settings import LimitSpec, RateLimitConfig
 
 
 @pytest.mark.parametrize(("text", "rate"), [
@@ -48,3 +52,45 @@ def test_breaker_opens_after_failures_and_lets_one_trial_through() -> None:
     breaker.success()
     assert breaker.state == "closed"
     assert all(breaker.allow(2.6) for _ in range(5))
+
+
+@pytest.mark.parametrize(("text", "count", "period"), [
+    ("1000/d", 1000, 86400.0), ("200k/d", 200_000, 86400.0), ("1M/7d", 1_000_000, 604800.0),
+    (" 5 k / h ", 5000, 3600.0), ("2G/30d", 2_000_000_000, 2592000.0),
+])
+def test_parse_token_budget(text: str, count: int, period: float) -> None:
+    budget = parse_token_budget(text)
+    # The whole budget may be used at once: the burst is the budget.
+    assert (budget.count, budget.period, budget.burst) == (count, period, count)
+
+
+@pytest.mark.parametrize("text", ["", "1000", "0/d", "1000/y", "10K/d", "1m/d", "-1/d",
+                                  "1000/d,burst=5", "2G/s"])
+def test_parse_token_budget_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_token_budget(text)
+
+
+SETTINGS = RateLimitConfig(per_key=LimitSpec(parse_rate("60/m"), OnRedisError.CLOSED),
+                           tokens_per_key=parse_token_budget("1M/d"), tokens_per_key_text="1M/d")
+
+
+def test_the_token_budget_is_planned_last_and_checked_not_charged() -> None:
+    limits = plan_limits(SETTINGS, ("api_key", "k1"), None, "192.0.2.1", "chat", None)
+    assert [limit.scope for limit in limits] == ["key", "tokens"]
+    budget = limits[-1]
+    assert budget.key == "spoa:rl:{spoa-rl}:tokens:api_key:k1@1M/d"
+    # Interval 0: gcra_batch.lua checks that one token is left, charges none.
+    assert budget.batch_args == f"0 {86400 * 1_000_000 - 86400}"
+    assert limits[0].batch_args == limits[0].rate.batch_args
+
+
+def test_a_key_s_own_budget_replaces_the_default_and_names_its_state() -> None:
+    own = plan_limits(SETTINGS, ("api_key", "k1"), None, "", "chat", None, "200k/d")[-1]
+    assert (own.key, own.rate.count) == ("spoa:rl:{spoa-rl}:tokens:api_key:k1@200k/d", 200_000)
+    output_only = replace(SETTINGS, tokens_output_only=True)
+    assert plan_limits(output_only, ("jwt", "sub"), None, "", "chat", None)[-1].key \
+        == "spoa:rl:{spoa-rl}:output_tokens:jwt:sub@1M/d"
+    # No caller, no budget.
+    assert not any(limit.is_budget for limit in plan_limits(SETTINGS, None, None, "", "", None))
+    assert not plan_limits(RateLimitConfig(), ("api_key", "k1"), None, "", "", None)

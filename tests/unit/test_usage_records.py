@@ -84,3 +84,26 @@ def test_render_as_table_csv_and_json() -> None:
     assert render(table, "csv").splitlines()[1] == "m2,1,100,50,150,1,10,10"
     assert json.loads(render(table, "json")) == table
     assert render([], "table") == "no usage recorded in this period"
+
+
+BUDGET = "spoa:rl:{spoa-rl}:tokens:api_key:k1@1000/d 86400000 1"
+
+
+def test_a_record_names_the_budget_it_is_charged_to() -> None:
+    record = parse_record(line(budget=BUDGET))
+    assert record is not None and record.charge is not None
+    assert record.charge == ("spoa:rl:{spoa-rl}:tokens:api_key:k1@1000/d", 86_400_000, 15)
+    output_only = parse_record(line(budget=BUDGET[:-1] + "0"))
+    assert output_only is not None and output_only.charge is not None
+    assert output_only.charge.tokens == 3  # only the answer's tokens
+    assert parse_record(line()).charge is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("budget", [
+    "", 5, "spoa:usage:{spoa-usage}:h:x 1 1", "spoa:rl:{spoa-rl}:key:k1 1 1",
+    "spoa:rl:{spoa-rl}:tokens:k1 0 1", "spoa:rl:{spoa-rl}:tokens:k1 10 2",
+    "spoa:rl:{spoa-rl}:tokens:a b 10 1", BUDGET + " ",
+])
+def test_a_record_with_a_budget_that_is_not_one_is_dropped_whole(budget: object) -> None:
+    # Never a key outside the budgets' own, never half-charged.
+    assert parse_record(line(budget=budget)) is None

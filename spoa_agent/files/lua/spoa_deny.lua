@@ -74,6 +74,8 @@ local REASONS = {
     "the request body is too large for the gateway to check its model" },
   rate_limited = { 429, "rate_limited",
     "rate limit reached for this API key or address: retry in %s s" },
+  token_budget_exhausted = { 429, "token_budget_exhausted",
+    "the LLM token budget of this API key is used up: retry in %s s" },
   too_many_in_flight = { 429, "too_many_in_flight",
     "too many requests in flight for this API key: retry when one finishes" },
   too_many_key_checks = { 429, "too_many_key_checks",

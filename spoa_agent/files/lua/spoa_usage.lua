@@ -62,12 +62,17 @@ local function quoted(s)
   end) .. '"'
 end
 
--- One record, a JSON object on one line.
-function usage.record(id, key, name, seen, status, size, ms, ts)
-  return string.format(
-    '{"id":%s,"key":%s,"name":%s,"model":%s,"status":%d,"in":%d,"out":%d,"bytes":%d,"ms":%d,"ts":%d}',
+-- One record, a JSON object on one line. `budget`: the token budget the
+-- agent named when it admitted the request (txn.spoa.budget), or nil.
+function usage.record(id, key, name, seen, status, size, ms, ts, budget)
+  local line = string.format(
+    '{"id":%s,"key":%s,"name":%s,"model":%s,"status":%d,"in":%d,"out":%d,"bytes":%d,"ms":%d,"ts":%d',
     quoted(id), quoted(key), quoted(name), quoted(seen.model or ""), status,
     seen.input or 0, seen.output or 0, size, ms, ts)
+  if budget ~= nil then
+    line = line .. ',"budget":' .. quoted(budget)
+  end
+  return line .. "}"
 end
 
 -- The queue: records from `first` to `last`.
@@ -128,7 +133,7 @@ function Filter:end_analyze(txn, chn)
     local ended = millis()
     push(usage.record(txn.f:unique_id() or "", txn:get_var("txn.spoa.principal_id"),
       txn:get_var("txn.spoa.principal") or "", self.seen, tonumber(txn.f:status()) or 0,
-      self.size, ended - self.started, ended // 1000))
+      self.size, ended - self.started, ended // 1000, txn:get_var("txn.spoa.budget")))
   end)
   if not ok then
     core.Warning("spoa-usage: " .. tostring(err))

@@ -1,0 +1,38 @@
+"""Token budgets: charged after the answer, by the usage the upstream reported.
+
+A budget is checked before a request like a rate limit (plan.py puts it
+last, gcra_batch.lua admits while a token is left) and charged here, from
+the usage records HAProxy's Lua sends (usage/ingest.py), once per answer:
+a record sent again is not charged again. What a request may overshoot
+by is in docs/usage.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from spoa_agent.ratelimit.limiter import limit_key
+from spoa_agent.usage.record import UsageRecord
+
+CHARGE_SCRIPT = resources.files("spoa_agent.ratelimit").joinpath("charge_tokens.lua").read_text()
+CHARGED = limit_key("charged", "")  # + an answer's id: it was charged
+CHARGED_TTL = 3 * 86400  # seconds an answer's id is remembered, as usage's
+
+
+class BudgetCharger:
+    def __init__(self, client: Any) -> None:
+        self.script = client.register_script(CHARGE_SCRIPT)
+
+    async def charge(self, records: Sequence[UsageRecord]) -> int:
+        """Charge the records that name a budget; how many were charged now."""
+        keys: list[str] = []
+        args: list[str | int] = [CHARGED, CHARGED_TTL]
+        for record in records:
+            if record.charge is not None:
+                keys.append(record.charge.key)
+                args += [record.id, record.charge.interval_us, record.charge.tokens]
+        if not keys:
+            return 0
+        return sum(await self.script(keys=keys, args=args))
