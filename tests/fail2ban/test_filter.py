@@ -41,3 +41,10 @@ def test_sample(expected: dict[str, object], line: str) -> None:
 def test_aggressive_mode_counts_rate_limited() -> None:
     line = next(line for e, line in SAMPLE_LINES if '"rate_limited"' in line)
     assert banned_addresses(line, f"{FILTER}[mode=aggressive]") == ["192.0.2.11"]
+
+
+def test_a_used_up_token_budget_is_never_counted() -> None:
+    # Using one's share of the GPU is no attack, even in aggressive mode.
+    line = next(line for e, line in SAMPLE_LINES if '"token_budget_exhausted"' in line)
+    for mode in ("normal", "aggressive"):
+        assert banned_addresses(line, f"{FILTER}[mode={mode}]") == []

@@ -82,6 +82,8 @@ def test_successes_only_when_asked() -> None:
     ("policy", Reason.ROUTE_NOT_ALLOWED, "policy_denied", "warning"),
     ("limit", Reason.RATE_LIMITED, "rate_limited", "warning"),
     ("limit", Reason.RATELIMIT_UNAVAILABLE, "ratelimit_unavailable", "error"),
+    ("budget", Reason.TOKEN_BUDGET_EXHAUSTED, "token_budget_exhausted", "warning"),
+    ("budget", Reason.RATELIMIT_UNAVAILABLE, "ratelimit_unavailable", "error"),
 ])
 def test_the_gateways_own_trouble_is_never_logged_as_the_clients(
         stage: Stage, reason: Reason, action: str, level: str) -> None:
