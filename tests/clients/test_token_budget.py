@@ -44,13 +44,13 @@ def test_a_used_up_daily_budget_is_refused_in_every_dialect(gw: Gateway) -> None
     token = _create(gw, "--name", "budget-1000", "--tokens", "1000/d")
     key_id = token.split("_")[1]
     used = []  # tokens each admitted request used, as the upstream reported
-    with openai.OpenAI(base_url=f"{gw.url}/v1", api_key=token, max_retries=0) as oa:
-        with pytest.raises(openai.RateLimitError) as refused:  # noqa: PT012
-            for n in range(100):
-                answer = ask(oa, n)
-                assert answer.usage is not None
-                used.append(answer.usage.prompt_tokens + answer.usage.completion_tokens)
-                time.sleep(THINK)
+    with openai.OpenAI(base_url=f"{gw.url}/v1", api_key=token, max_retries=0) as oa, \
+            pytest.raises(openai.RateLimitError) as refused:
+        for n in range(100):
+            answer = ask(oa, n)
+            assert answer.usage is not None
+            used.append(answer.usage.prompt_tokens + answer.usage.completion_tokens)
+            time.sleep(THINK)
     error = refused.value
     assert error.code == "token_budget_exhausted"
     assert int(error.response.headers["retry-after"]) > 0
@@ -85,7 +85,7 @@ def test_a_budget_refills(gw: Gateway) -> None:
     # give it back.
     token = _create(gw, "--name", "budget-refill", "--tokens", "300/3s")
     with openai.OpenAI(base_url=f"{gw.url}/v1", api_key=token, max_retries=0) as oa:
-        with pytest.raises(openai.RateLimitError) as refused:  # noqa: PT012
+        with pytest.raises(openai.RateLimitError) as refused:
             for n in range(100):
                 ask(oa, 1000 + n)
                 time.sleep(THINK)
