@@ -107,6 +107,8 @@ class RequestChecker:
         jwt = JwtVerifier(config.auth.issuers)  # reads key files: may fail, before any change
         self.routes = routes
         self.limits = config.ratelimit
+        # Budgets per model for every key: the body's model is read for each.
+        self.model_budgets = bool(config.ratelimit.tokens_per_model)
         self._plans: dict[object, tuple[Limit, ...]] = {}  # of this policy only
         self.log_successes = config.log.successes
         if self.auth is not None:
@@ -176,7 +178,9 @@ class RequestChecker:
             return Outcome(refuse(auth.reason), "auth", key_id=auth.key_id)
         principal = auth if type(auth) is Principal else None
         if decision.allowed:
-            decision = check_access(decision, principal, request.body, request.path)
+            model_budgets = self.model_budgets or bool(principal and principal.model_tokens)
+            decision = check_access(decision, principal, request.body, request.path,
+                                    model_budgets)
         if not decision.allowed:
             return Outcome(decision, "policy", principal)
         if self.limiter is None:
@@ -192,18 +196,16 @@ class RequestChecker:
               decision: Decision) -> tuple[Limit, ...]:
         # The same caller from the same address on the same rule gets the
         # same immutable plan: its limit keys are built once, not per request.
-        key = (principal.kind, principal.id, principal.rate, principal.tokens) \
-            if principal else None, ip, decision.rule
+        key = (principal.kind, principal.id, principal.rate, principal.tokens,
+               principal.model_tokens) if principal else None, ip, decision.rule, decision.model
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= PLAN_CACHE_SIZE:
                 self._plans.clear()
             route = decision.route
             plan = self._plans[key] = plan_limits(
-                self.limits, (principal.kind, principal.id) if principal else None,
-                principal.rate if principal else None, ip, decision.rule,
-                route.rate if route is not None else None,
-                principal.tokens if principal else None)
+                self.limits, principal, ip, decision.rule,
+                route.rate if route is not None else None, decision.model)
         return plan
 
     def limited(self, step: _LimitCheck, verdict: Verdict) -> Outcome:

@@ -301,7 +301,8 @@ def _limit(reader: _Reader, data: Mapping[str, Any], key: str,
 
 def _ratelimit(reader: _Reader, data: Mapping[str, Any]) -> RateLimitConfig:
     reader.unknown(data, {"per_key", "per_ip", "global", "per_key_in_flight", "on_redis_error",
-                          "redis_timeout", "tokens_per_key", "tokens_count"}, "ratelimit")
+                          "redis_timeout", "tokens_per_key", "tokens_count", "tokens_per_model"},
+                   "ratelimit")
     d = RateLimitConfig()
     mode = _on_error(reader, data.get("on_redis_error"), "ratelimit.on_redis_error",
                      d.on_redis_error)
@@ -317,7 +318,8 @@ def _ratelimit(reader: _Reader, data: Mapping[str, Any]) -> RateLimitConfig:
 
 
 def _token_budget(reader: _Reader, data: Mapping[str, Any]) -> dict[str, Any]:
-    """`tokens_per_key = "1M/d"` and `tokens_count = "all" | "output"`."""
+    """`tokens_per_key = "1M/d"`, `tokens_per_model = { "llama3.1:70b" = "50k/d" }`
+    and `tokens_count = "all" | "output"`."""
     settings: dict[str, Any] = {}
     text = data.get("tokens_per_key")
     if text not in (None, ""):
@@ -326,6 +328,18 @@ def _token_budget(reader: _Reader, data: Mapping[str, Any]) -> dict[str, Any]:
             settings["tokens_per_key_text"] = str(text).strip()
         except ValueError as err:
             reader.problem("ratelimit.tokens_per_key", str(err))
+    per_model = data.get("tokens_per_model", {})
+    if not isinstance(per_model, dict):
+        reader.problem("ratelimit.tokens_per_model",
+                       'must be a table of model = budget, e.g. { "llama3.1:70b" = "50k/d" }')
+        per_model = {}
+    budgets = {}
+    for model, budget in per_model.items():
+        try:
+            budgets[model] = (str(budget).strip(), parse_token_budget(str(budget)))
+        except ValueError as err:
+            reader.problem(f"ratelimit.tokens_per_model.{model!r}", str(err))
+    settings["tokens_per_model"] = budgets
     counted = data.get("tokens_count", "all")
     if counted not in ("all", "output"):
         reader.problem("ratelimit.tokens_count", f'must be "all" or "output", got {counted!r}')
@@ -518,7 +532,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         source=source,
     )
     config = replace(config, deny_all=_deny_all(reader, data, config.routes))
-    if config.ratelimit.tokens_per_key is not None and config.usage.listen is None:
+    budgets = config.ratelimit.tokens_per_key is not None or config.ratelimit.tokens_per_model
+    if budgets and config.usage.listen is None:
         reader.problem("ratelimit.tokens_per_key", "token budgets are charged from the usage "
                        "HAProxy reports: [usage] listen must not be off")
     if problems:

@@ -75,7 +75,8 @@ def principal_of(record: KeyRecord) -> Principal:
     return Principal(
         kind="api_key", id=record.key_id, name=record.name, scopes=frozenset(record.scopes),
         routes=frozenset(record.routes), models=frozenset(record.models), rate=record.rate,
-        tokens=record.tokens, max_in_flight=record.max_in_flight, expires_at=record.expires_at,
+        tokens=record.tokens, model_tokens=record.model_tokens,
+        max_in_flight=record.max_in_flight, expires_at=record.expires_at,
     )
 
 

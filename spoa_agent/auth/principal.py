@@ -17,6 +17,8 @@ class Principal:
     models: frozenset[str] = frozenset()  # empty: any
     rate: str | None = None
     tokens: str | None = None  # its own LLM token budget, e.g. "200k/d"
+    # Budgets of its own for some models, (model, budget) pairs, sorted.
+    model_tokens: tuple[tuple[str, str], ...] = ()
     max_in_flight: int | None = None  # requests at once; HAProxy counts them
     expires_at: float | None = None
 

@@ -31,7 +31,7 @@ from spoa_agent.auth.keys import (
 from spoa_agent.config import Config, parse_seconds
 from spoa_agent.ratelimit.limits import parse_rate, parse_token_budget
 from spoa_agent.store.redis import redacted, sync_client
-from spoa_agent.store.tokens import KeyRecord, TokenStore, UnknownKey
+from spoa_agent.store.tokens import KeyRecord, TokenStore, UnknownKey, model_budgets
 
 EXIT_FAILED = 1
 
@@ -65,6 +65,43 @@ class RateType(click.ParamType[str]):
         except ValueError as err:
             self.fail(str(err), param, ctx)
         return text
+
+
+class TokenBudgetType(click.ParamType[tuple[str, str]]):
+    """`200k/d` (the key's budget) or `MODEL=50k/d` (its budget for MODEL), or
+    either with `none`: as (model or "", budget text or "none")."""
+
+    name = "[MODEL=]N/PERIOD"
+    budget = RateType(parse_token_budget)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        model, _, text = str(value).rpartition("=")
+        model = model.strip()
+        if "=" in str(value) and (not model or not model.isprintable() or len(model) > 256):
+            self.fail(f"expected MODEL=BUDGET with a model name, got {value!r}", param, ctx)
+        return model, self.budget.convert(text, param, ctx)
+
+
+def _budget_changes(record: KeyRecord | None,
+                    budgets: tuple[tuple[str, str], ...]) -> dict[str, str | None]:
+    """The record fields that --tokens options set: `tokens` and `model_tokens`
+    (per model budgets merged into the record's, `none` removing one)."""
+    changes: dict[str, str | None] = {}
+    per_model = dict(record.model_tokens) if record is not None else {}
+    for model, budget in budgets:
+        if not model:
+            changes["tokens"] = None if budget == "none" else budget
+        elif budget == "none":
+            per_model.pop(model, None)
+        else:
+            per_model[model] = budget
+    if any(model for model, _ in budgets):
+        changes["model_tokens"] = json.dumps(dict(model_budgets(per_model))) if per_model \
+            else None
+    return changes
 
 
 def _when(timestamp: float | None) -> str:
@@ -132,6 +169,8 @@ def _print_record(record: KeyRecord, fmt: str) -> None:
         ("scopes", " ".join(record.scopes) or "-"), ("routes", " ".join(record.routes) or "any"),
         ("models", " ".join(record.models) or "any"), ("rate", record.rate or "-"),
         ("token budget", record.tokens or "-"),
+        ("per model", " ".join(f"{model}={budget}" for model, budget in record.model_tokens)
+         or "-"),
         ("max in flight", str(record.max_in_flight or "-")),
         ("created", _when(record.created_at)), ("expires", _when(record.expires_at)),
         ("revoked", _when(record.revoked_at)), ("last used", _when(record.last_used_at)),
@@ -156,8 +195,9 @@ def _restrictions(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--rate", type=RateType(), default=None,
                      help="Per-key rate limit, e.g. 60/m, 100/5m or 60/m,burst=10 "
                           "('none' removes it)."),
-        click.option("--tokens", type=RateType(parse_token_budget), default=None,
-                     help="LLM token budget, e.g. 200k/d or 1M/7d ('none' removes it; "
+        click.option("--tokens", "budgets", type=TokenBudgetType(), multiple=True,
+                     help="LLM token budget, e.g. 200k/d, or one model's: "
+                          "llama3.1:70b=50k/d (repeatable; 'none' removes one; "
                           "see docs/usage.md)."),
     ]):
         fn = option(fn)
@@ -177,12 +217,14 @@ def token() -> None:
 @click.pass_context
 def create(ctx: click.Context, name: str, scopes: tuple[str, ...], routes: tuple[str, ...],
            models: tuple[str, ...], max_in_flight: int | None, rate: str | None,
-           tokens: str | None, expires: float | None, fmt: str) -> None:
+           budgets: tuple[tuple[str, str], ...], expires: float | None, fmt: str) -> None:
     """Create a key and print its secret once."""
     if not name.strip() or len(name) > 200 or not name.isprintable():
         raise click.BadParameter("give a printable name of 1 to 200 characters",
                                  param_hint="--name")
     prefix = ctx.obj["load"]().auth.key_prefix
+    budget = _budget_changes(None, budgets)
+    model_tokens = json.loads(budget.get("model_tokens") or "{}")
     secret = new_secret()
     hashed = _hasher(ctx).hash(secret)
     now = time.time()
@@ -191,7 +233,7 @@ def create(ctx: click.Context, name: str, scopes: tuple[str, ...], routes: tuple
             record = KeyRecord(
                 key_id=new_key_id(), name=name.strip(), hash=hashed, scopes=scopes,
                 routes=routes, models=models, rate=None if rate in (None, "none") else rate,
-                tokens=None if tokens in (None, "none") else tokens,
+                tokens=budget.get("tokens"), model_tokens=model_budgets(model_tokens),
                 max_in_flight=max_in_flight or None,
                 created_at=now, expires_at=now + expires if expires else None,
             )
@@ -249,16 +291,15 @@ def show(ctx: click.Context, key_id: str, fmt: str) -> None:
 @click.pass_context
 def update(ctx: click.Context, key_id: str, scopes: tuple[str, ...], routes: tuple[str, ...],
            models: tuple[str, ...], max_in_flight: int | None, rate: str | None,
-           tokens: str | None, expires: str | None, fmt: str) -> None:
+           budgets: tuple[tuple[str, str], ...], expires: str | None, fmt: str) -> None:
     """Change a key's scopes, routes, models, rate, token budget or expiry; agents see it
     within a second."""
     changes: dict[str, str | None] = {}
     for name, values in (("scopes", scopes), ("routes", routes), ("models", models)):
         if values:
             changes[name] = json.dumps([] if values == ("none",) else list(values))
-    for name, value in (("rate", rate), ("tokens", tokens)):
-        if value is not None:
-            changes[name] = None if value == "none" else value
+    if rate is not None:
+        changes["rate"] = None if rate == "none" else rate
     if max_in_flight is not None:
         changes["max_in_flight"] = str(max_in_flight) if max_in_flight else None
     if expires is not None:
@@ -269,11 +310,14 @@ def update(ctx: click.Context, key_id: str, scopes: tuple[str, ...], routes: tup
                 changes["expires_at"] = str(time.time() + parse_seconds(expires))
             except ValueError as err:
                 raise click.BadParameter(str(err), param_hint="--expires") from None
-    if not changes:
+    if not (changes or budgets):
         raise click.UsageError("nothing to change: give --scope, --route, --model, --rate, "
                                "--tokens, --max-in-flight or --expires")
+    key_id = _key_id(ctx, key_id)
     with _store(ctx) as store:
-        record = store.update(_key_id(ctx, key_id), changes)
+        if budgets:
+            changes.update(_budget_changes(store.get(key_id), budgets))
+        record = store.update(key_id, changes)
     _print_record(record, fmt)
 
 

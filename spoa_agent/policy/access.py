@@ -4,6 +4,8 @@ routes, scopes, the body's size and model. Pure, no I/O; table-tested.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from spoa_agent.auth.principal import Principal
 from spoa_agent.policy.body import BodyFacts, model_of
 from spoa_agent.policy.routes import Decision, refuse
@@ -14,14 +16,17 @@ MODEL_BY_NAME = "/v1/models/"
 
 
 def check_access(decision: Decision, principal: Principal | None, body: BodyFacts,
-                 path: str) -> Decision:
+                 path: str, model_budgets: bool = False) -> Decision:
     """`decision` (an allowed route) if the caller may make this request, or
-    the refusal, naming what it was about in `detail`."""
+    the refusal, naming what it was about in `detail`. `model_budgets`: a
+    token budget per model may apply to this caller, so the body's model is
+    read (and a body read two ways refused) as for a key's model list."""
     route = decision.route
     if route is None:
         return decision
     rule = decision.rule
-    check_model = bool(principal is not None and principal.models and route.model_in_body)
+    check_model = bool(principal is not None and (principal.models or model_budgets)
+                       and route.model_in_body)
     if route.max_body is not None or check_model:
         length = body.length()
         if isinstance(length, Reason):
@@ -42,8 +47,11 @@ def check_access(decision: Decision, principal: Principal | None, body: BodyFact
     if check_model:
         whole = body.whole()
         model = whole if isinstance(whole, Reason) else model_of(whole)
+        if model is Reason.MODEL_MISSING and not principal.models:
+            return decision  # no model to budget for: the key's own budget applies
         if isinstance(model, Reason):
             return refuse(model, rule)
-        if model not in principal.models:
+        if principal.models and model not in principal.models:
             return refuse(Reason.MODEL_NOT_ALLOWED, rule, model)
+        return replace(decision, model=model)
     return decision

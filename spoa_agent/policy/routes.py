@@ -83,6 +83,9 @@ class Decision:
     rule: str = ""
     route: Route | None = field(default=None, compare=True)
     detail: str = ""  # what a refusal names: a model, scopes, a size
+    # The body's model, when the policy read it (a key's model list, or a
+    # token budget per model): the upstream gets the same bytes.
+    model: str = ""
 
 
 ALLOW = "allowed"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import re
+from typing import Protocol
 
 from spoa_agent.ratelimit.limiter import limit_key
 from spoa_agent.ratelimit.limits import Limit, Rate, parse_rate, parse_token_budget
@@ -12,16 +15,32 @@ _cached_rate = functools.lru_cache(maxsize=1024)(parse_rate)
 _cached_budget = functools.lru_cache(maxsize=1024)(parse_token_budget)
 
 
-def plan_limits(settings: RateLimitConfig, caller: tuple[str, str] | None,
-                caller_rate: str | None, ip: str, rule: str,
-                route_rate: Rate | None, caller_tokens: str | None = None) -> tuple[Limit, ...]:
-    """Every limit that applies: per caller (kind and id of a key or a JWT
-    subject, with its own rate if it has one), per client address, per route
-    (`rule`, when its route has a rate), global; last, the caller's token
-    budget (its own, `caller_tokens`, or the default)."""
+class Caller(Protocol):
+    """A key or JWT subject as the limits see it (auth's Principal): its own
+    rate and token budgets, if it has them."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def rate(self) -> str | None: ...
+    @property
+    def tokens(self) -> str | None: ...
+    @property
+    def model_tokens(self) -> tuple[tuple[str, str], ...]: ...
+
+
+def plan_limits(settings: RateLimitConfig, caller: Caller | None, ip: str, rule: str,
+                route_rate: Rate | None, model: str = "") -> tuple[Limit, ...]:
+    """Every limit that applies: per caller (a key or a JWT subject, with its
+    own rate if it has one), per client address, per route (`rule`, when its
+    route has a rate), global; last, the caller's token budget for `model`
+    (the body's, when the policy read it)."""
     limits = []
     if caller is not None:
-        key = limit_key(*caller)
+        key = limit_key(caller.kind, caller.id)
+        caller_rate = caller.rate
         if caller_rate:
             # Its own rate names its own state: a key whose rate is changed
             # starts afresh under the new one, instead of waiting out what it
@@ -42,16 +61,27 @@ def plan_limits(settings: RateLimitConfig, caller: tuple[str, str] | None,
         limits.append(Limit("global", limit_key("global", "all"), settings.global_.rate,
                             settings.global_.on_redis_error))
     if caller is not None:
-        budget = _budget(settings, caller, caller_tokens)
+        budget = _budget(settings, caller, model)
         if budget is not None:
             limits.append(budget)
     return tuple(limits)
 
 
-def _budget(settings: RateLimitConfig, caller: tuple[str, str],
-            caller_tokens: str | None) -> Limit | None:
-    if caller_tokens:
-        spec, rate = caller_tokens, _cached_budget(caller_tokens)
+def _budget(settings: RateLimitConfig, caller: Caller, model: str) -> Limit | None:
+    """The one token budget a request is checked and charged against: the
+    caller's own for its model, the config's for the model, the caller's own,
+    the config's default, in that order."""
+    own_for_model = dict(caller.model_tokens).get(model) if model else None
+    per_model = settings.tokens_per_model.get(model) if model else None
+    name = f"{caller.kind}:{caller.id}"
+    if own_for_model or per_model:
+        name += f":model:{_model_name(model)}"
+    if own_for_model:
+        spec, rate = own_for_model, _cached_budget(own_for_model)
+    elif per_model:
+        spec, rate = per_model
+    elif caller.tokens:
+        spec, rate = caller.tokens, _cached_budget(caller.tokens)
     elif settings.tokens_per_key is not None:
         spec, rate = settings.tokens_per_key_text, settings.tokens_per_key
     else:
@@ -59,6 +89,15 @@ def _budget(settings: RateLimitConfig, caller: tuple[str, str],
     # Like a rate, a budget names its state (a changed budget starts afresh),
     # and so does what it counts: all tokens, or only the answer's.
     scope = "output_tokens" if settings.tokens_output_only else "tokens"
-    kind, name = caller
-    return Limit(scope, limit_key(scope, f"{kind}:{name}@{spec}"), rate,
-                 settings.on_redis_error)
+    return Limit(scope, limit_key(scope, f"{name}@{spec}"), rate, settings.on_redis_error)
+
+
+_PLAIN_MODEL = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+
+
+def _model_name(model: str) -> str:
+    """The model as part of a Redis key: itself when plain, else a digest
+    (a model name is the client's text)."""
+    if _PLAIN_MODEL.fullmatch(model):
+        return model
+    return "#" + hashlib.blake2b(model.encode(), digest_size=12).hexdigest()

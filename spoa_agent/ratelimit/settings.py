@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from spoa_agent.ratelimit.limits import OnRedisError, Rate
 
@@ -31,3 +32,6 @@ class RateLimitConfig:
     tokens_per_key: Rate | None = None
     tokens_per_key_text: str = ""  # as configured: it names the budget's state
     tokens_output_only: bool = False  # count only the answer's tokens
+    # model -> (budget as configured, budget): for keys without their own
+    # for that model; it replaces tokens_per_key for that model's requests.
+    tokens_per_model: Mapping[str, tuple[str, Rate]] = field(default_factory=dict)

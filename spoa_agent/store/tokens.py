@@ -1,6 +1,7 @@
 """API key records in Redis, one hash per key id, and change announcements.
 
     spoa:key:{<id>}   hash: name, hash (argon2id), scopes, routes, models, rate, tokens,
+                      model_tokens (JSON object: model -> budget),
                       created_at, expires_at, revoked_at, prev_hash,
                       prev_hash_until, last_used_at
     spoa:keys         set of key ids, for listing
@@ -37,6 +38,11 @@ def record_key(key_id: str) -> str:
     return f"spoa:key:{{{key_id}}}"
 
 
+def model_budgets(budgets: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Token budgets per model, in the one order records and plans compare."""
+    return tuple(sorted((str(model), str(budget)) for model, budget in budgets.items()))
+
+
 class UnknownKey(LookupError):
     pass
 
@@ -51,6 +57,7 @@ class KeyRecord:
     models: tuple[str, ...] = ()
     rate: str | None = None
     tokens: str | None = None  # LLM token budget, e.g. "200k/d"
+    model_tokens: tuple[tuple[str, str], ...] = ()  # (model, budget), sorted
     max_in_flight: int | None = None
     created_at: float = field(default_factory=time.time)
     expires_at: float | None = None
@@ -63,9 +70,12 @@ class KeyRecord:
         out: dict[Any, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "key_id" or value is None:
+            if f.name == "key_id" or value is None or (f.name == "model_tokens" and not value):
                 continue
-            out[f.name] = json.dumps(list(value)) if f.name in _LIST_FIELDS else str(value)
+            if f.name == "model_tokens":
+                out[f.name] = json.dumps(dict(value))
+            else:
+                out[f.name] = json.dumps(list(value)) if f.name in _LIST_FIELDS else str(value)
         return out
 
     @classmethod
@@ -85,6 +95,8 @@ class KeyRecord:
                 kwargs[name] = data[name]
         if "max_in_flight" in data:
             kwargs["max_in_flight"] = int(data["max_in_flight"])
+        if "model_tokens" in data:
+            kwargs["model_tokens"] = model_budgets(json.loads(data["model_tokens"]))
         return cls(**kwargs)
 
     def status(self, now: float) -> str:
@@ -99,7 +111,8 @@ class KeyRecord:
         return {
             "id": self.key_id, "name": self.name, "status": self.status(now),
             "scopes": list(self.scopes), "routes": list(self.routes), "models": list(self.models),
-            "rate": self.rate, "tokens": self.tokens, "max_in_flight": self.max_in_flight,
+            "rate": self.rate, "tokens": self.tokens, "model_tokens": dict(self.model_tokens),
+            "max_in_flight": self.max_in_flight,
             "created_at": self.created_at, "expires_at": self.expires_at,
             "revoked_at": self.revoked_at, "last_used_at": self.last_used_at,
             "previous_secret_valid_until": self.prev_hash_until,

@@ -93,3 +93,23 @@ def test_a_budget_refills(gw: Gateway) -> None:
         assert 1 <= wait <= 4  # at most one answer (<= 307 tokens) of debt, 100 tokens/s
         time.sleep(wait)
         assert ask(oa, 2000).usage is not None
+
+
+def test_a_model_s_own_budget_leaves_the_key_s_other_models_alone(gw: Gateway) -> None:
+    token = _create(gw, "--name", "budget-per-model", "--tokens", "1M/d",
+                    "--tokens", "big-model=300/d")
+    with openai.OpenAI(base_url=f"{gw.url}/v1", api_key=token, max_retries=0) as oa:
+        with pytest.raises(openai.RateLimitError) as refused:
+            for n in range(100):
+                oa.chat.completions.create(
+                    model="big-model", messages=[{"role": "user", "content": f"big {n}"}])
+                time.sleep(THINK)
+        assert refused.value.code == "token_budget_exhausted"
+        # The key's other models use the key's budget, far from spent.
+        assert ask(oa, 3000).model == MODEL
+        # A body that names the model twice could be charged to one model and
+        # answered by the other: refused before the upstream.
+        before = len(gw.upstream_requests())
+        with pytest.raises(openai.BadRequestError):
+            oa.chat.completions.create(model=MODEL, messages=[], extra_body={"Model": "x"})
+        assert len(gw.upstream_requests()) == before

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from spoa_agent.auth.principal import Principal
 from spoa_agent.demo.stack import Gateway
 from spoa_agent.ratelimit.limits import OnRedisError, parse_rate
 from spoa_agent.ratelimit.plan import plan_limits
@@ -48,7 +49,8 @@ def debt_tokens(gw: Gateway, key: str) -> float:
 
 def test_a_budget_admits_until_its_tokens_are_charged_then_refuses(agent_gw: Gateway) -> None:
     settings = RateLimitConfig()
-    budget = plan_limits(settings, ("api_key", "budget1"), None, "", "chat", None, "1000/d")
+    budget = plan_limits(settings, Principal("api_key", "budget1", "b", tokens="1000/d"), "",
+                         "chat", None)
     [limit] = budget
     assert limit.is_budget
 
@@ -90,7 +92,8 @@ def test_a_budget_admits_until_its_tokens_are_charged_then_refuses(agent_gw: Gat
 def test_an_output_only_budget_and_a_rate_limit_together(agent_gw: Gateway) -> None:
     settings = RateLimitConfig(per_key=LimitSpec(parse_rate("100/m"), OnRedisError.CLOSED),
                                tokens_output_only=True)
-    limits = plan_limits(settings, ("api_key", "budget2"), None, "", "chat", None, "1000/d")
+    limits = plan_limits(settings, Principal("api_key", "budget2", "b", tokens="1000/d"), "",
+                         "chat", None)
     key_limit, budget = limits
     assert budget.scope == "output_tokens"
 

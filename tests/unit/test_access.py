@@ -78,14 +78,35 @@ def test_access(path: str, principal: Principal | None, facts: BodyFacts, expect
         assert decision.status == decision.reason.status and not decision.allowed
 
 
+@pytest.mark.parametrize(("facts", "expected", "model"), [
+    (body(b'{"model":"llama3.1:70b"}'), "allowed", "llama3.1:70b"),
+    # Read two ways, the request could be charged to one model's budget and
+    # answered by another: refused, as for a model list.
+    (body(b'{"model":"llama3.2:1b","Model":"llama3.1:70b"}'), Reason.AMBIGUOUS_BODY, ""),
+    (body(b'{"model":"x"}', length="99999"), Reason.BODY_TOO_LARGE_FOR_MODEL_CHECK, ""),
+    (body(b'{"model":"x"}', length=None, te="chunked"), Reason.LENGTH_REQUIRED, ""),
+    # No model named: the key's own budget applies.
+    (body(b'{"prompt":"hi"}'), "allowed", ""),
+])
+def test_budgets_per_model_read_the_body_s_model(facts: BodyFacts, expected: str,
+                                                 model: str) -> None:
+    decision = check_access(TABLE.decide("POST", "/api/chat"), ANYONE, facts, "/api/chat",
+                            model_budgets=True)
+    assert (decision.reason, decision.model) == (expected, model)
+    # Without budgets per model, nothing is read, and the model stays unknown.
+    unread = check_access(TABLE.decide("POST", "/api/chat"), ANYONE, facts, "/api/chat")
+    assert (unread.reason, unread.model) == ("allowed", "")
+
+
 def test_limits_planned_for_key_address_route_and_everyone() -> None:
     spec = LimitSpec(parse_rate("60/m"), OnRedisError.OPEN)
     settings = RateLimitConfig(per_key=spec, per_ip=spec, global_=spec)
-    plan = plan_limits(settings, ("api_key", "k4"), None, "192.0.2.1", "admin",
+    plan = plan_limits(settings, Principal("api_key", "k4", "k4"), "192.0.2.1", "admin",
                        parse_rate("5/m"))
     assert [(limit.scope, limit.key.rsplit(":", 1)[-1]) for limit in plan] == [
         ("key", "k4"), ("ip", "192.0.2.1"), ("route", "admin"), ("global", "all")]
     # A key's own rate: its own state, and the gateway's failure mode.
-    first = plan_limits(settings, ("api_key", "k5"), "2/m", "", "small", None)[0]
+    first = plan_limits(settings, Principal("api_key", "k5", "k5", rate="2/m"), "", "small",
+                        None)[0]
     assert (first.scope, first.key.rsplit(":", 1)[-1], first.rate.count,
             first.on_redis_error) == ("key", "k5@2/m", 2, OnRedisError.CLOSED)

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -101,3 +102,23 @@ def test_serve_rejects_bad_listen() -> None:
     code, _, err = run("serve", "--listen", "nowhere")
     assert code == 2
     assert "HOST:PORT" in err
+
+
+def test_token_budgets_per_model_merge_into_the_key_s() -> None:
+    from spoa_agent.cli.token import TokenBudgetType, _budget_changes
+    from spoa_agent.store.tokens import KeyRecord
+
+    parse = TokenBudgetType().convert
+    assert parse("200k/d", None, None) == ("", "200k/d")
+    assert parse("llama3.1:70b=50k/d", None, None) == ("llama3.1:70b", "50k/d")
+    assert parse("llama3.1:70b=none", None, None) == ("llama3.1:70b", "none")
+    for bad in ("=50k/d", "m=lots", "lots"):
+        with pytest.raises(click.BadParameter):
+            parse(bad, None, None)
+    record = KeyRecord("k1", "team", "h", tokens="1M/d",
+                       model_tokens=(("a", "1k/d"), ("b", "2k/d")))
+    # One model changed, one removed, one added; the key's own left alone.
+    changes = _budget_changes(record, (("a", "none"), ("b", "3k/d"), ("c", "4k/d")))
+    assert changes == {"model_tokens": json.dumps({"b": "3k/d", "c": "4k/d"})}
+    assert _budget_changes(record, (("", "none"),)) == {"tokens": None}
+    assert _budget_changes(record, (("a", "none"), ("b", "none"))) == {"model_tokens": None}

@@ -149,6 +149,28 @@ def test_usage_settings_and_their_environment(tmp_path: Path) -> None:
         "usage.retention_days: must be an integer from 1 to 3660, got 0"]
 
 
+def test_token_budget_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, 'deny_all = true\n[ratelimit]\ntokens_per_key = "1M/d"\n'
+                 'tokens_count = "output"\n'
+                 'tokens_per_model = { "llama3.1:70b" = "50k/d" }\n')
+    limits = load_config(path, env={}).ratelimit
+    assert limits.tokens_per_key is not None and limits.tokens_per_key.count == 1_000_000
+    assert (limits.tokens_per_key_text, limits.tokens_output_only) == ("1M/d", True)
+    assert {model: spec for model, (spec, _) in limits.tokens_per_model.items()} == {
+        "llama3.1:70b": "50k/d"}
+    bad = write(tmp_path, 'deny_all = true\n[ratelimit]\ntokens_per_key = "lots"\n'
+                'tokens_count = "input"\ntokens_per_model = { "m" = "5/y" }\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, env={})
+    assert sorted(problem.split(": ", 2)[1] for problem in err.value.problems) == [
+        "ratelimit.tokens_count", "ratelimit.tokens_per_key", "ratelimit.tokens_per_model.'m'"]
+    # Charged from the usage HAProxy reports: not without it.
+    off = write(tmp_path, 'deny_all = true\n[ratelimit]\ntokens_per_key = "1M/d"\n'
+                '[usage]\nlisten = "off"\n')
+    with pytest.raises(ConfigError, match=r"\[usage\] listen must not be off"):
+        load_config(off, env={})
+
+
 @pytest.mark.parametrize(("text", "listen"), [
     ("127.0.0.1:12345", Listen("127.0.0.1", 12345)),
     (":80", Listen("0.0.0.0", 80)),

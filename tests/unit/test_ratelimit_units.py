@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 
+from spoa_agent.auth.principal import Principal
 from spoa_agent.ratelimit.breaker import CircuitBreaker
 from spoa_agent.ratelimit.limits import OnRedisError, Rate, parse_rate, parse_token_budget
 from spoa_agent.ratelimit.plan import plan_limits
@@ -71,12 +72,13 @@ def test_parse_token_budget_refuses(text: str) -> None:
         parse_token_budget(text)
 
 
+KEY = Principal("api_key", "k1", "laptop")
 SETTINGS = RateLimitConfig(per_key=LimitSpec(parse_rate("60/m"), OnRedisError.CLOSED),
                            tokens_per_key=parse_token_budget("1M/d"), tokens_per_key_text="1M/d")
 
 
 def test_the_token_budget_is_planned_last_and_checked_not_charged() -> None:
-    limits = plan_limits(SETTINGS, ("api_key", "k1"), None, "192.0.2.1", "chat", None)
+    limits = plan_limits(SETTINGS, KEY, "192.0.2.1", "chat", None)
     assert [limit.scope for limit in limits] == ["key", "tokens"]
     budget = limits[-1]
     assert budget.key == "spoa:rl:{spoa-rl}:tokens:api_key:k1@1M/d"
@@ -86,11 +88,31 @@ def test_the_token_budget_is_planned_last_and_checked_not_charged() -> None:
 
 
 def test_a_key_s_own_budget_replaces_the_default_and_names_its_state() -> None:
-    own = plan_limits(SETTINGS, ("api_key", "k1"), None, "", "chat", None, "200k/d")[-1]
+    own = plan_limits(SETTINGS, replace(KEY, tokens="200k/d"), "", "chat", None)[-1]
     assert (own.key, own.rate.count) == ("spoa:rl:{spoa-rl}:tokens:api_key:k1@200k/d", 200_000)
     output_only = replace(SETTINGS, tokens_output_only=True)
-    assert plan_limits(output_only, ("jwt", "sub"), None, "", "chat", None)[-1].key \
+    assert plan_limits(output_only, Principal("jwt", "sub", "sub"), "", "chat", None)[-1].key \
         == "spoa:rl:{spoa-rl}:output_tokens:jwt:sub@1M/d"
     # No caller, no budget.
-    assert not any(limit.is_budget for limit in plan_limits(SETTINGS, None, None, "", "", None))
-    assert not plan_limits(RateLimitConfig(), ("api_key", "k1"), None, "", "", None)
+    assert not any(limit.is_budget for limit in plan_limits(SETTINGS, None, "", "", None))
+    assert not plan_limits(RateLimitConfig(), KEY, "", "", None)
+
+
+def test_a_model_s_budget_replaces_the_key_s_for_that_model_only() -> None:
+    settings = replace(SETTINGS, tokens_per_model={
+        "llama3.1:70b": ("50k/d", parse_token_budget("50k/d")),
+        "qwen": ("5k/d", parse_token_budget("5k/d"))})
+    key = replace(KEY, tokens="300k/d", model_tokens=(("qwen", "9k/d"), ("weird model", "1k/d")))
+
+    def budget(model: str) -> tuple[str, int]:
+        limit = plan_limits(settings, key, "", "chat", None, model)[-1]
+        return limit.key.removeprefix("spoa:rl:{spoa-rl}:tokens:"), limit.rate.count
+
+    # The key's own for the model, the config's for the model, the key's own.
+    assert budget("qwen") == ("api_key:k1:model:qwen@9k/d", 9000)
+    assert budget("llama3.1:70b") == ("api_key:k1:model:llama3.1:70b@50k/d", 50_000)
+    assert budget("llama3.2:1b") == ("api_key:k1@300k/d", 300_000)
+    assert budget("") == ("api_key:k1@300k/d", 300_000)
+    # A model name is the client's text: in a key, only as a digest unless plain.
+    name, count = budget("weird model")
+    assert count == 1000 and " " not in name and name.startswith("api_key:k1:model:#")
