@@ -20,6 +20,7 @@ import click
 import redis
 
 from spoa_agent.auth import SecretHasher
+from spoa_agent.auth.authenticator import principal_of
 from spoa_agent.auth.keys import (
     KeyFormatError,
     format_key,
@@ -29,7 +30,9 @@ from spoa_agent.auth.keys import (
     parse_key,
 )
 from spoa_agent.config import Config, parse_seconds
+from spoa_agent.ratelimit.budget import tokens_left
 from spoa_agent.ratelimit.limits import parse_rate, parse_token_budget
+from spoa_agent.ratelimit.plan import plan_limits
 from spoa_agent.store.redis import redacted, sync_client
 from spoa_agent.store.tokens import KeyRecord, TokenStore, UnknownKey, model_budgets
 
@@ -159,8 +162,12 @@ def _print_secret(record: KeyRecord, token: str, fmt: str, verb: str, extra: str
     click.echo("\nSend it as `Authorization: Bearer <key>` or `x-api-key: <key>`.", err=True)
 
 
-def _print_record(record: KeyRecord, fmt: str) -> None:
+def _print_record(record: KeyRecord, fmt: str,
+                  left: dict[str, tuple[str, int]] | None = None) -> None:
+    """The record; `left`: per model ("*": any other), its budget and what it has left."""
     info = record.public(time.time())
+    if left:
+        info["tokens_left"] = {model: n for model, (_, n) in left.items()}
     if fmt == "json":
         click.echo(json.dumps(info))
         return
@@ -175,6 +182,8 @@ def _print_record(record: KeyRecord, fmt: str) -> None:
         ("created", _when(record.created_at)), ("expires", _when(record.expires_at)),
         ("revoked", _when(record.revoked_at)), ("last used", _when(record.last_used_at)),
         ("old secret until", _when(record.prev_hash_until)),
+        *[(f"tokens left ({model})", f"{n} of {budget}") for model, (budget, n)
+          in (left or {}).items()],
     ]:
         click.echo(f"{label:>17}  {value}")
 
@@ -276,10 +285,21 @@ def list_keys(ctx: click.Context, fmt: str, status: str | None, name_part: str |
 @FORMAT
 @click.pass_context
 def show(ctx: click.Context, key_id: str, fmt: str) -> None:
-    """Show one key (never its secret)."""
+    """Show one key (never its secret), and what its token budgets have left."""
+    limits = ctx.obj["load"]().ratelimit
     with _store(ctx) as store:
         record = store.get(_key_id(ctx, key_id))
-    _print_record(record, fmt)
+        principal = principal_of(record)
+        # Its budget, and one per model that has its own (the key's or the config's).
+        models = ["", *sorted({model for model, _ in record.model_tokens}
+                              | set(limits.tokens_per_model))]
+        left = {}
+        for model in models:
+            budget = plan_limits(limits, principal, "", "", None, model)[-1:]
+            if budget and budget[0].is_budget:
+                left[model or "*"] = (budget[0].key.rsplit("@", 1)[1],
+                                      tokens_left(store.client, budget[0]))
+    _print_record(record, fmt, left)
 
 
 @token.command()

@@ -14,11 +14,22 @@ from importlib import resources
 from typing import Any
 
 from spoa_agent.ratelimit.limiter import limit_key
+from spoa_agent.ratelimit.limits import Limit
 from spoa_agent.usage.record import UsageRecord
 
 CHARGE_SCRIPT = resources.files("spoa_agent.ratelimit").joinpath("charge_tokens.lua").read_text()
 CHARGED = limit_key("charged", "")  # + an answer's id: it was charged
 CHARGED_TTL = 3 * 86400  # seconds an answer's id is remembered, as usage's
+
+
+def tokens_left(client: Any, budget: Limit) -> int:
+    """What a budget has left now, from a sync Redis client (`token show`):
+    negative while it is in debt."""
+    seconds, micros = client.time()
+    now = seconds * 1_000_000 + micros
+    tat = max(int(client.get(budget.key) or 0), now)
+    rate = budget.rate
+    return int((rate.tolerance_us - (tat - now)) // rate.interval_us)
 
 
 class BudgetCharger:
