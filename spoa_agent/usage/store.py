@@ -12,6 +12,7 @@ daily ones, plus ~80 bytes per request for the ids of the last 3 days.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,10 +28,14 @@ RECORD_TTL = 3 * 86400  # seconds a record's id is remembered
 SCRIPT = resources.files("spoa_agent.usage").joinpath("usage_record.lua").read_text()
 
 
+# Cached: a batch's records end within the same few seconds, and formatting
+# a time is a good part of what a record costs the agent.
+@functools.lru_cache(maxsize=1024)
 def hour_of(ts: int) -> str:
     return time.strftime("%Y%m%d%H", time.gmtime(ts))
 
 
+@functools.lru_cache(maxsize=1024)
 def day_of(ts: int) -> str:
     return time.strftime("%Y%m%d", time.gmtime(ts))
 

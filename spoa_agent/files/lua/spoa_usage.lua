@@ -39,6 +39,14 @@ local usage = {}
 
 -- Scans one piece of an answer (with the previous piece's tail) into `seen`.
 function usage.scan(seen, text)
+  -- Most pieces of a streamed answer are text deltas: one plain search
+  -- (every name above has "_count" or "_tokens" in it) skips the patterns.
+  if not (text:find("_tokens", 1, true) or text:find("_count", 1, true)) then
+    if seen.model == nil then
+      seen.model = text:match(MODEL)
+    end
+    return
+  end
   for _, count in ipairs(COUNTS) do
     for n in text:gmatch(count[2]) do
       seen[count[1]] = tonumber(n)
