@@ -85,6 +85,14 @@ end
 
 -- The queue: records from `first` to `last`.
 local queue, first, last, dropped = {}, 1, 0, 0
+-- The filters of the answers being counted now. While there are any, the
+-- sender keeps its connection to the agent, and that connection keeps this
+-- process alive after a reload until their records are sent (an old process
+-- leaves once its last stream ends, and the sender's connection is one).
+-- Weak keys: a filter whose end_analyze never ran (if HAProxy ever skipped
+-- it) leaves with its stream at the next collection, and cannot hold an old
+-- process forever.
+local counting = setmetatable({}, { __mode = "k" })
 
 local function push(line)
   last = last + 1
@@ -115,6 +123,7 @@ function Filter:start_analyze(txn, chn)
   if chn:is_resp() and txn:get_var("txn.spoa.decision") == "allow"
       and txn:get_var("txn.spoa.principal_id") ~= nil then
     self.counted = true
+    counting[self] = true
     filter.register_data_filter(self, chn)
   end
 end
@@ -137,6 +146,7 @@ function Filter:end_analyze(txn, chn)
   if not (self.counted and chn:is_resp()) then
     return
   end
+  counting[self] = nil
   local ok, err = pcall(function()
     local ended = millis()
     push(usage.record(txn.f:unique_id() or "", txn:get_var("txn.spoa.principal_id"),
@@ -152,6 +162,26 @@ end
 local function sender()
   local host, port = (os.getenv("USAGE_ADDR") or "127.0.0.1:12346"):match("^(.*):(%d+)$")
   local sock = nil
+  local idle_turns = 0
+
+  local function connect()
+    if sock == nil then
+      sock = core.tcp()
+      sock:settimeout(5)
+      if not sock:connect(host, tonumber(port)) then
+        sock = nil
+      end
+    end
+    return sock ~= nil
+  end
+
+  local function disconnect()
+    if sock ~= nil then
+      sock:close()
+      sock = nil
+    end
+  end
+
   while true do
     if dropped > 0 then
       core.Warning(string.format("spoa-usage: %d records dropped (queue full)", dropped))
@@ -159,17 +189,23 @@ local function sender()
     end
     local n = math.min(last - first + 1, BATCH)
     if n <= 0 then
-      core.msleep(50)
-    else
-      if sock == nil then
-        sock = core.tcp()
-        sock:settimeout(5)
-        if not sock:connect(host, tonumber(port)) then
-          sock = nil
+      if next(counting) == nil then
+        -- Idle: no connection left open. An open one would keep an old
+        -- HAProxy process alive after a reload for good.
+        disconnect()
+      else
+        -- Answers in flight: be connected when they end (see `counting`).
+        connect()
+        idle_turns = idle_turns + 1
+        if idle_turns % 20 == 0 then
+          collectgarbage("step") -- lets `counting` drop filters of ended streams
         end
       end
+      core.msleep(50)
+    else
+      idle_turns = 0
       local answer = nil
-      if sock ~= nil then
+      if connect() then
         local lines = { "batch " .. n }
         for i = first, first + n - 1 do
           lines[#lines + 1] = queue[i]
@@ -183,18 +219,9 @@ local function sender()
           queue[i] = nil
         end
         first = first + n
-        if first > last then
-          -- Idle: no connection left open. An open one would keep an old
-          -- HAProxy process alive after a reload (its streams never end).
-          sock:close()
-          sock = nil
-        end
       else
         -- The agent or Redis is away: keep the batch, try again in a second.
-        if sock ~= nil then
-          sock:close()
-          sock = nil
-        end
+        disconnect()
         core.msleep(1000)
       end
     end
