@@ -132,3 +132,33 @@ def test_a_model_s_own_budget_leaves_the_key_s_other_models_alone(gw: Gateway) -
         with pytest.raises(openai.BadRequestError):
             oa.chat.completions.create(model=MODEL, messages=[], extra_body={"Model": "x"})
         assert len(gw.upstream_requests()) == before
+
+
+def test_streams_that_report_no_usage_are_charged_an_estimate(gw: Gateway) -> None:
+    # Without stream_options.include_usage an OpenAI-compatible server
+    # reports no usage in a stream: the gateway charges an estimate (a token
+    # per streamed event, one per 4 bytes of the request) instead of nothing,
+    # so streaming without asking is no way around a budget.
+    token = _create(gw, "--name", "budget-unreported", "--tokens", "300/d")
+    key_id = token.split("_")[1]
+    before = len(gw.upstream_requests())
+    charged_so_far = 0
+    with openai.OpenAI(base_url=f"{gw.url}/v1", api_key=token, max_retries=0) as oa, \
+            pytest.raises(openai.RateLimitError):
+        for n in range(100):
+            with oa.chat.completions.create(
+                    model=MODEL, stream=True,
+                    messages=[{"role": "user", "content": f"unreported {n}"}]) as stream:
+                chunks = list(stream)
+            assert all(chunk.usage is None for chunk in chunks)  # the client sees no usage
+            body_len = int(gw.upstream_requests()[-1]["body_len"])
+            # Every chunk the SDK got, and [DONE], was an event.
+            charged_so_far += len(chunks) + 1 + -(-body_len // 4)
+            deadline = time.monotonic() + 10
+            while budget_state(gw, key_id, "300/d", 288) < charged_so_far - 1 \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert charged_so_far - 1 <= budget_state(gw, key_id, "300/d", 288) \
+                <= charged_so_far
+    streams = len(gw.upstream_requests()) - before
+    assert 1 < streams < 100

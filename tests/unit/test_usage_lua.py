@@ -54,10 +54,12 @@ ANSWERS = {
 }
 
 
-def _scan(lua: str, cases: list[tuple[int, bytes]]) -> list[tuple[int, int, str]]:
+def _scan(lua: str, cases: list[tuple[int, bytes]],
+          request_bytes: int = 0) -> list[tuple[int, int, str]]:
     if shutil.which(lua) is None:
         pytest.fail(f"{lua} is not installed: run `make deps`")
-    stdin = b"".join(b"%d %d\n" % (size, len(data)) + data for size, data in cases)
+    stdin = b"".join(b"%d %d %d\n" % (size, len(data), request_bytes) + data
+                     for size, data in cases)
     done = subprocess.run([lua, str(DRIVER), str(LUA_FILE)], input=stdin, capture_output=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr.decode()
@@ -87,9 +89,28 @@ def test_text_in_the_answer_cannot_fake_a_count(lua: str) -> None:
     assert _scan(lua, [(7, answer), (len(answer), answer)]) == [(12, 3, "m1")] * 2
 
 
-@pytest.mark.parametrize("lua", ["lua5.4"])
-def test_an_answer_that_reports_nothing_counts_no_tokens(lua: str) -> None:
+@pytest.mark.parametrize("lua", ["lua5.3", "lua5.4"])
+def test_a_stream_that_reports_no_usage_is_estimated_never_free(lua: str) -> None:
     # An OpenAI stream the client did not ask usage for: the upstream says none.
-    events = b"".join(upstream._chat_completion_events(upstream.Request(
+    data = b"".join(upstream._chat_completion_events(upstream.Request(
         "/v1/chat/completions", Message(), {"model": "m1", "messages": CHAT, "stream": True})))
-    assert _scan(lua, [(16, events)]) == [(0, 0, "m1")]
+    assert b"_tokens" not in data  # nothing reported
+    events = data.count(b"data:")  # a chunk per token, the role's, the stop's, [DONE]
+    sizes = sorted({*range(1, 40), 97, 4096, len(data)})
+    # An output token per event, an input token per 4 bytes of the request.
+    assert set(_scan(lua, [(size, data) for size in sizes], request_bytes=401)) == {
+        (101, events, "m1")}
+
+
+@pytest.mark.parametrize("lua", ["lua5.3", "lua5.4"])
+def test_a_stream_cut_short_is_charged_what_it_sent(lua: str) -> None:
+    # Anthropic's stream reports its input first and its output last: cut
+    # before the end, the input is as reported and the output estimated.
+    data, (used_in, _) = _answer("/v1/messages", {"model": "m3", "max_tokens": 9,
+                                                 "messages": CHAT, "stream": True},
+                                 anthropic=True)
+    cut = data[:data.index(b"event: message_delta")]
+    assert set(_scan(lua, [(size, cut) for size in (1, 7, 64, len(cut))], 4000)) == {
+        (used_in, cut.count(b"data:"), "m3")}
+    # Not a stream (one line), nothing reported: no LLM call, nothing made up.
+    assert _scan(lua, [(5, b'{"models": []}')], 4000) == [(0, 0, "-")]

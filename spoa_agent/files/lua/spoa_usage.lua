@@ -57,11 +57,55 @@ function usage.scan(seen, text)
   end
 end
 
--- Feeds the next piece of an answer, as it streams by.
+-- Counts `needle` in `text` from `from` on (plain text, no pattern).
+local function count(text, needle, from, n)
+  local at = text:find(needle, from, true)
+  while at do
+    n = n + 1
+    at = text:find(needle, at + #needle, true)
+  end
+  return n
+end
+
+-- Feeds the next piece of an answer, as it streams by. Besides the usage,
+-- counts the stream's events (SSE "data:" lines) and lines (NDJSON): what
+-- estimate() falls back on when a stream reports no usage.
 function usage.feed(seen, chunk)
-  local text = (seen.tail or "") .. chunk
+  local tail = seen.tail or ""
+  local text = tail .. chunk
   usage.scan(seen, text)
+  -- A "data:" that ends in this chunk, even one begun in the tail, once.
+  seen.events = count(text, "data:", math.max(1, #tail - 3), seen.events or 0)
+  -- Anthropic's message_start already says "output_tokens": 1; the total
+  -- comes in message_delta, at the end. Until then the output is not known.
+  if seen.output_known == nil and text:find('"message_start"', 1, true) then
+    seen.output_known = false
+  end
+  if text:find('"message_delta"', 1, true) then
+    seen.output_known = true
+  end
+  seen.lines = count(chunk, "\n", 1, seen.lines or 0)
   seen.tail = text:sub(-TAIL)
+end
+
+-- The usage of a streamed answer that did not report it all: an OpenAI
+-- stream whose client did not ask for usage, or any stream cut short
+-- (usage comes last). Estimated, so that no stream is free: an output token
+-- per event (SSE) or line (NDJSON), which is how these servers stream; an
+-- input token per 4 bytes of the request's body. An answer that is not a
+-- stream (one line) reports its usage or is no LLM call: left as reported.
+function usage.estimate(seen, request_bytes)
+  local streamed = (seen.events or 0) > 1 or (seen.lines or 0) > 1
+  if not streamed then
+    return
+  end
+  if seen.output == nil or seen.output_known == false then
+    local estimate = (seen.events or 0) > 1 and seen.events or seen.lines
+    seen.output = math.max(seen.output or 0, estimate)
+  end
+  if seen.input == nil then
+    seen.input = math.ceil((tonumber(request_bytes) or 0) / 4)
+  end
 end
 
 local function quoted(s)
@@ -149,6 +193,7 @@ function Filter:end_analyze(txn, chn)
   counting[self] = nil
   local ok, err = pcall(function()
     local ended = millis()
+    usage.estimate(self.seen, txn:get_var("txn.request_bytes"))
     push(usage.record(txn.f:unique_id() or "", txn:get_var("txn.spoa.principal_id"),
       txn:get_var("txn.spoa.principal") or "", self.seen, tonumber(txn.f:status()) or 0,
       self.size, ended - self.started, ended // 1000, txn:get_var("txn.spoa.budget")))
