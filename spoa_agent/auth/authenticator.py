@@ -123,7 +123,11 @@ class Authenticator:
         # change of that key), and every check still running, for the limits.
         self._checking: dict[bytes, _Check] = {}
         self._running = 0
-        self._per_source: dict[str, int] = {}
+        # Per client address, the keys (by digest) being checked for it, and
+        # how many checks of each: the share counts different keys, so the
+        # same key checked again (after "forget everything", which a busy
+        # Redis can send a few times a second) takes no second share.
+        self._per_source: dict[str, dict[bytes, int]] = {}
         self._check_limit = settings.argon2_workers + settings.argon2_max_pending
         # Change announcements so far; the count at the last "forget
         # everything"; per key id, the count at its last change (kept only
@@ -184,8 +188,9 @@ class Authenticator:
             return await asyncio.shield(running.future)
         parsed = parse_key(token, self.settings.key_prefix)
         key_id = parsed.key_id
-        pending = self._per_source.get(source, 0) if source is not None else 0
-        if pending >= self.settings.argon2_per_source:
+        checking = self._per_source.get(source) if source is not None else None
+        if checking and digest not in checking \
+                and len(checking) >= self.settings.argon2_per_source:
             # The client's own doing (429, counted like any failed credential):
             # its earlier checks are still running. Not 401 (the key may be
             # valid) and not 503 (the gateway is not at fault); clients and
@@ -197,7 +202,8 @@ class Authenticator:
         self._checking[digest] = check
         self._running += 1
         if source is not None:
-            self._per_source[source] = pending + 1
+            keys = self._per_source.setdefault(source, {})
+            keys[digest] = keys.get(digest, 0) + 1
         try:
             result = await self._check(parsed, digest, check)
             check.future.set_result(result)
@@ -216,11 +222,14 @@ class Authenticator:
         if not self._running:
             self._changed_at.clear()
         if check.source is not None:
-            left = self._per_source[check.source] - 1
+            keys = self._per_source[check.source]
+            left = keys[digest] - 1
             if left:
-                self._per_source[check.source] = left
+                keys[digest] = left
             else:
-                del self._per_source[check.source]
+                del keys[digest]
+                if not keys:
+                    del self._per_source[check.source]
 
     def _current(self, check: _Check) -> bool:
         """No change of the key, and no "forget everything", since the check began."""

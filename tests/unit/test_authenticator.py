@@ -104,6 +104,27 @@ def test_requests_for_a_key_being_checked_share_it_and_do_not_count() -> None:
     asyncio.run(scenario())
 
 
+def test_the_same_key_checked_again_after_forget_everything_takes_no_second_share() -> None:
+    # A busy Redis's silent pub/sub makes the agent forget everything a few
+    # times a second; requests of one key then start checks of their own.
+    # They are one key, not a flood of different ones: none is refused.
+    async def scenario() -> None:
+        auth, verifier = authenticator(argon2_per_source=1)
+        first = asyncio.create_task(auth.verify_slow(VALID, "192.0.2.7"))
+        await settle()
+        auth.key_changed(None)
+        again = [asyncio.create_task(auth.verify_slow(VALID, "192.0.2.7")) for _ in range(3)]
+        await settle()
+        assert verifier.waiting == 2  # the check begun before could be stale: a new one
+        # A different key from that address still waits its turn.
+        assert refused(await auth.verify_slow(wrong(), "192.0.2.7"))[1] == "too_many_key_checks"
+        verifier.release.set()
+        assert all(isinstance(r, Principal) for r in await asyncio.gather(first, *again))
+        assert not auth._per_source  # every share given back
+
+    asyncio.run(scenario())
+
+
 def test_a_cancelled_check_gives_the_share_back() -> None:
     async def scenario() -> None:
         auth, verifier = authenticator(argon2_per_source=1)
