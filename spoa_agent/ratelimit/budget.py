@@ -3,8 +3,8 @@
 A budget is checked before a request like a rate limit (plan.py puts it
 last, gcra_batch.lua admits while a token is left) and charged here, from
 the usage records HAProxy's Lua sends (usage/ingest.py), once per answer:
-a record sent again is not charged again. What a request may overshoot
-by is in docs/usage.md.
+a batch of records sent again is not charged again. What a request may
+overshoot by is in docs/usage.md.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from spoa_agent.ratelimit.limits import Limit
 from spoa_agent.usage.record import UsageRecord
 
 CHARGE_SCRIPT = resources.files("spoa_agent.ratelimit").joinpath("charge_tokens.lua").read_text()
-CHARGED = limit_key("charged", "")  # + an answer's id: it was charged
-CHARGED_TTL = 3 * 86400  # seconds an answer's id is remembered, as usage's
+CHARGED = limit_key("charged", "")  # + a batch's id: it was charged
+CHARGED_TTL = 3 * 86400  # seconds a batch's id is remembered, as usage's
 
 
 def tokens_left(client: Any, budget: Limit) -> int:
@@ -36,14 +36,15 @@ class BudgetCharger:
     def __init__(self, client: Any) -> None:
         self.script = client.register_script(CHARGE_SCRIPT)
 
-    async def charge(self, records: Sequence[UsageRecord]) -> int:
-        """Charge the records that name a budget; how many were charged now."""
-        keys: list[str] = []
-        args: list[str | int] = [CHARGED, CHARGED_TTL]
+    async def charge(self, records: Sequence[UsageRecord], batch_id: str) -> bool:
+        """Charge the batch's records that name a budget, summed per budget;
+        False when the batch was charged before (sent again) or names none."""
+        costs: dict[str, int] = {}
         for record in records:
-            if record.charge is not None:
-                keys.append(record.charge.key)
-                args += [record.id, record.charge.interval_us, record.charge.tokens]
-        if not keys:
-            return 0
-        return sum(await self.script(keys=keys, args=args))
+            charge = record.charge
+            if charge is not None:
+                costs[charge.key] = costs.get(charge.key, 0) + charge.interval_us * charge.tokens
+        if not costs:
+            return False
+        return bool(await self.script(keys=list(costs),
+                                      args=[CHARGED, CHARGED_TTL, batch_id, *costs.values()]))

@@ -1,11 +1,13 @@
 """Where HAProxy's Lua sends usage records ([usage] listen, loopback).
 
-The Lua sends `batch N` then N record lines, and waits for `ok N`, sent
+The Lua sends `batch N ID` then N record lines, and waits for `ok N`, sent
 once the whole batch is in Redis, counted and charged to token budgets:
-until then it keeps the records and sends them again on a new connection,
-and the store counts (and the charger charges) each id once. So nothing is
-lost while the agent or Redis is away (HAProxy holds them, up to its
-queue's bound), and nothing is counted or charged twice.
+until then it keeps the batch as it is and sends it again, with the same
+ID, on a new connection, and the store counts (and the charger charges)
+each batch ID once. So nothing is lost while the agent or Redis is away
+(HAProxy holds the records, up to its queue's bound), and nothing is counted
+or charged twice. Counting per batch, not per record, is what keeps the
+Redis work of a batch of 500 answers to a few commands.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from spoa_agent.usage.settings import UsageSettings
 from spoa_agent.usage.store import NAMES, SCRIPT, script_args
 
 MAX_BATCH = 1000  # records: the Lua sends at most 500
+MAX_BATCH_ID = 256  # bytes: HAProxy's unique-id of the batch's first request
 # Models with a metric series of their own; others are counted as "other".
 MAX_MODEL_LABELS = 64
 
@@ -34,17 +37,17 @@ class UsageCounter:
         self.log = log
         self.models: set[str] = set()
 
-    async def count(self, records: list[UsageRecord]) -> None:
-        fresh = await self.script(keys=[NAMES],
-                                  args=script_args(records, self.settings.retention_days))
-        for record, new in zip(records, fresh, strict=True):
-            if new:
+    async def count(self, records: list[UsageRecord], batch_id: str) -> None:
+        fresh = await self.script(keys=[NAMES], args=script_args(
+            records, batch_id, self.settings.retention_days))
+        if fresh:
+            for record in records:
                 self._observe(record)
-            else:
-                metrics.USAGE_DROPPED.inc("resent")
+        else:
+            metrics.USAGE_DROPPED.add(len(records), "resent")
         # After the counting: a batch that fails here is sent again, counted
         # as seen already, and charged then.
-        await self.budgets.charge(records)
+        await self.budgets.charge(records, batch_id)
 
     def _observe(self, record: UsageRecord) -> None:
         model = record.model
@@ -69,6 +72,7 @@ class UsageProtocol(asyncio.Protocol):
         self.log = log
         self.buffer = b""
         self.expected = 0  # lines of the batch being received
+        self.batch_id = ""
         self.lines: list[bytes] = []
         self.busy = False  # a batch is being counted: read nothing more
         self.transport: asyncio.Transport | None = None
@@ -95,11 +99,12 @@ class UsageProtocol(asyncio.Protocol):
             line, at = buffer[at:end], end + 1
             if self.expected == 0:
                 words = line.split()
-                if len(words) != 2 or words[0] != b"batch" or not words[1].isdigit() \
-                        or not 0 < int(words[1]) <= MAX_BATCH:
-                    self._fail("expected `batch N`")
+                if len(words) != 3 or words[0] != b"batch" or not words[1].isdigit() \
+                        or not 0 < int(words[1]) <= MAX_BATCH or len(words[2]) > MAX_BATCH_ID \
+                        or not words[2].isascii():
+                    self._fail("expected `batch N ID`")
                     return
-                self.expected = int(words[1])
+                self.expected, self.batch_id = int(words[1]), words[2].decode()
                 continue
             self.lines.append(line)
             if len(self.lines) == self.expected:
@@ -120,7 +125,7 @@ class UsageProtocol(asyncio.Protocol):
                 records.append(record)
         try:
             if records:
-                await self.counter.count(records)
+                await self.counter.count(records, self.batch_id)
         except Exception as err:  # Redis away: the Lua keeps the batch and resends it
             self.log.error("usage_not_counted", records=len(records), error=str(err))
             if self.transport is not None:

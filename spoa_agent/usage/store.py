@@ -2,12 +2,13 @@
 
 Each roll-up is one hash per hour or day whose fields are
 `principal<US>model<US>metric` (US: the ASCII unit separator), incremented
-by usage_record.lua, which also remembers each record's id for RECORD_TTL so
-that a record HAProxy sends again (its connection broke before our answer)
+by usage_batch.lua, which also remembers each batch's id for BATCH_TTL so
+that a batch HAProxy sends again (its connection broke before our answer)
 is counted once. Memory: about 7 fields of ~40 bytes per principal, model
 and hour (kept HOURLY_DAYS) and again per day (kept retention_days): about
 7 KiB per principal and model per day of hourly buckets, 0.3 KiB per day of
-daily ones, plus ~80 bytes per request for the ids of the last 3 days.
+daily ones, plus ~100 bytes per batch (up to 500 answers) for the ids of the
+last 3 days.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from spoa_agent.usage.record import SEPARATOR, UsageRecord
 PREFIX = "spoa:usage:{spoa-usage}:"  # one hash tag: one slot on a Redis Cluster
 NAMES = PREFIX + "names"
 HOURLY_DAYS = 7
-RECORD_TTL = 3 * 86400  # seconds a record's id is remembered
-SCRIPT = resources.files("spoa_agent.usage").joinpath("usage_record.lua").read_text()
+BATCH_TTL = 3 * 86400  # seconds a batch's id is remembered
+SCRIPT = resources.files("spoa_agent.usage").joinpath("usage_batch.lua").read_text()
 
 
 # Cached: a batch's records end within the same few seconds, and formatting
@@ -40,13 +41,45 @@ def day_of(ts: int) -> str:
     return time.strftime("%Y%m%d", time.gmtime(ts))
 
 
-def script_args(records: Sequence[UsageRecord], retention_days: int) -> list[str | int]:
-    """usage_record.lua's ARGV for a batch (see the script)."""
-    args: list[str | int] = [PREFIX, HOURLY_DAYS * 86400 + 3600, retention_days * 86400,
-                             RECORD_TTL]
+def script_args(records: Sequence[UsageRecord], batch_id: str,
+                retention_days: int) -> list[str | int]:
+    """usage_batch.lua's ARGV for a batch: its records summed per roll-up
+    field (see the script)."""
+    hourly_ttl, daily_ttl = HOURLY_DAYS * 86400 + 3600, retention_days * 86400
+    # First the records summed per (who, model, status class, second): a
+    # batch holds a few such groups, each expanded into fields once below.
+    groups: dict[tuple[str, str, str, int], list[int]] = {}
+    names: dict[str, str] = {}
     for r in records:
-        args += [r.id, hour_of(r.ts), day_of(r.ts), r.principal, r.name, r.model,
-                 r.status_class, r.input, r.output, r.bytes, r.ms]
+        group = (r.principal, r.model, r.status_class, r.ts)
+        sums = groups.get(group)
+        if sums is None:
+            groups[group] = [1, r.input, r.output, r.bytes, r.ms]
+            names[r.principal] = r.name
+        else:
+            sums[0] += 1
+            sums[1] += r.input
+            sums[2] += r.output
+            sums[3] += r.bytes
+            sums[4] += r.ms
+    rollups: dict[tuple[str, int], dict[str, int]] = {}
+    for (who, model, status_class, ts), (count, used_in, used_out, size, ms) in groups.items():
+        base = f"{who}{SEPARATOR}{model}{SEPARATOR}"
+        figures = (("requests", count), (f"s{status_class}", count), ("in", used_in),
+                   ("out", used_out), ("bytes", size), ("ms", ms))
+        for rollup in ((f"h:{hour_of(ts)}", hourly_ttl), (f"d:{day_of(ts)}", daily_ttl)):
+            fields = rollups.setdefault(rollup, {})
+            for metric, amount in figures:
+                field = base + metric
+                fields[field] = fields.get(field, 0) + amount
+    args: list[str | int] = [PREFIX, BATCH_TTL, batch_id]
+    for (key, ttl), fields in rollups.items():
+        args += [key, ttl, len(fields)]
+        for field, amount in fields.items():
+            args += [field, amount]
+    args.append("names")
+    for who, name in names.items():
+        args += [who, name]
     return args
 
 

@@ -1,7 +1,7 @@
 """A token budget against a real Redis and a real agent: checked by the
 limiter's batch script (a token left: admitted, none: refused until it
 refills), charged from the usage records HAProxy's Lua sends to the agent,
-once per answer however often the record is sent."""
+once per batch however often the batch is sent."""
 
 from __future__ import annotations
 
@@ -70,9 +70,10 @@ def test_a_budget_admits_until_its_tokens_are_charged_then_refuses(agent_gw: Gat
         # One of 500 overshoots the budget by 400: the key is in debt, and
         # refused until a token is back (401 tokens' worth of refill).
         assert send(agent_gw.usage_port, [charged("r3", limit.key, 300, 200)]) == "ok 1"
-        # The same records again (HAProxy resending after a lost answer): not charged again.
+        # The same batches again (HAProxy resending after a lost answer): not charged again.
         assert send(agent_gw.usage_port, [charged("r1", limit.key, 400, 200),
-                                          charged("r3", limit.key, 300, 200)]) == "ok 2"
+                                          charged("r2", limit.key, 250, 50)]) == "ok 2"
+        assert send(agent_gw.usage_port, [charged("r3", limit.key, 300, 200)]) == "ok 1"
         assert 1399 < debt_tokens(agent_gw, limit.key) <= 1400
         verdict = await check(rl, list(budget))
         assert (verdict.admitted, verdict.status, verdict.reason) == (

@@ -1,7 +1,7 @@
-"""The agent's usage port, spoken to as HAProxy's Lua speaks it (`batch N`,
+"""The agent's usage port, spoken to as HAProxy's Lua speaks it (`batch N ID`,
 N JSON lines, then `ok N`), against a real agent and a real Redis: each
-record is counted once however often it is sent, a malformed one is dropped
-without losing the rest, and `spoa-agent usage` shows the sums."""
+batch is counted once however often it is sent, a malformed record is
+dropped without losing the rest, and `spoa-agent usage` shows the sums."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ def record(ident: str, key: str = "k1", model: str = "m1", used_in: int = 10,
                        "ms": 20, "ts": int(time.time())}).encode()
 
 
-def send(port: int, lines: list[bytes]) -> str:
+def send(port: int, lines: list[bytes], batch_id: str = "") -> str:
+    """A batch as the Lua sends it; its id is its first record's, unless given."""
+    batch_id = batch_id or str(json.loads(lines[0])["id"])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"batch %d\n" % len(lines) + b"\n".join(lines) + b"\n")
+        sock.sendall(b"batch %d %s\n" % (len(lines), batch_id.encode()) + b"\n".join(lines)
+                     + b"\n")
         return sock.makefile("rb").readline().decode().strip()
 
 
@@ -41,12 +44,14 @@ def agent_gw(redis_gw: Gateway) -> Iterator[Gateway]:
     yield redis_gw
 
 
-def test_each_record_counts_once_however_often_it_is_sent(agent_gw: Gateway) -> None:
+def test_each_batch_counts_once_however_often_it_is_sent(agent_gw: Gateway) -> None:
     batch = [record("a", used_in=10, used_out=5), record("b", used_in=7, used_out=1),
              record("c", key="k2", model="m2", used_in=100, used_out=50, status=500)]
     assert send(agent_gw.usage_port, batch) == "ok 3"
-    # HAProxy lost our answer and sends the batch again, with a new record.
-    assert send(agent_gw.usage_port, [*batch, record("d", used_in=1, used_out=1)]) == "ok 4"
+    # HAProxy lost our answer and sends the batch again, as it was.
+    assert send(agent_gw.usage_port, batch) == "ok 3"
+    # The next batch is counted.
+    assert send(agent_gw.usage_port, [record("d", used_in=1, used_out=1)]) == "ok 1"
     rows = {row["key"]: row for row in usage(agent_gw)}
     assert rows["k1"] == {"key": "k1", "name": "name of k1", "requests": 3, "tokens_in": 18,
                           "tokens_out": 7, "tokens": 25, "errors": 0, "bytes": 300,
@@ -66,9 +71,10 @@ def test_a_malformed_record_is_dropped_and_the_rest_counted(agent_gw: Gateway) -
 
 
 def test_a_stream_that_is_not_the_protocol_is_refused(agent_gw: Gateway) -> None:
-    with socket.create_connection(("127.0.0.1", agent_gw.usage_port), timeout=10) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
-        assert sock.makefile("rb").readline().startswith(b"error")
+    for wrong in (b"GET / HTTP/1.1\r\n\r\n", b"batch 1\n", b"batch 1 " + b"x" * 300 + b"\n"):
+        with socket.create_connection(("127.0.0.1", agent_gw.usage_port), timeout=10) as sock:
+            sock.sendall(wrong)
+            assert sock.makefile("rb").readline().startswith(b"error")
     assert send(agent_gw.usage_port, [record("y")]) == "ok 1"  # the port still serves
 
 

@@ -42,14 +42,19 @@ def test_odd_names_still_count_under_safe_ones() -> None:
     assert no_model is not None and no_model.model == "-"
 
 
-def test_the_script_gets_eleven_values_per_record() -> None:
-    record = parse_record(line())
-    assert record is not None
-    args = script_args([record, record], retention_days=35)
-    assert args[:4] == ["spoa:usage:{spoa-usage}:", 7 * 86400 + 3600, 35 * 86400, 3 * 86400]
-    assert len(args) == 4 + 2 * 11
-    assert args[4:15] == ["h-1-2-3", "2026113012", "20261130", "k1", "laptop aider",
-                          "llama3.2:1b", "2xx", 12, 3, 400, 25]
+def test_the_script_gets_the_batch_summed_per_roll_up_field() -> None:
+    record, other = parse_record(line()), parse_record(line(key="k2", status=500, **{"in": 1}))
+    assert record is not None and other is not None
+    args = script_args([record, record, other], "h-1-2-3", retention_days=35)
+    assert args[:3] == ["spoa:usage:{spoa-usage}:", 3 * 86400, "h-1-2-3"]
+    # Per roll-up: its key, TTL, field count, then fields and their sums.
+    assert args[3:6] == ["h:2026113012", 7 * 86400 + 3600, 12]
+    fields = dict(zip(args[6:30:2], args[7:30:2], strict=True))
+    assert fields["k1\x1fllama3.2:1b\x1frequests"] == 2
+    assert fields["k1\x1fllama3.2:1b\x1fin"] == 24
+    assert fields["k2\x1fllama3.2:1b\x1fs5xx"] == 1
+    assert args[30:33] == ["d:20261130", 35 * 86400, 12]
+    assert args[57:] == ["names", "k1", "laptop aider", "k2", "laptop aider"]
 
 
 def test_short_periods_read_hourly_roll_ups_and_long_ones_daily() -> None:

@@ -12,10 +12,11 @@
 --   Ollama          "prompt_eval_count", "eval_count" (the final, done object)
 -- and the first "model". When the answer ends, one record goes into a queue;
 -- a task sends the queue to the agent (USAGE_ADDR, 127.0.0.1:12346 by
--- default) as `batch N` and N JSON lines, and drops the records only once the
--- agent answered `ok N` (they are in Redis). While the agent is away the
--- records wait here, up to MAX_QUEUE; the agent counts a record sent twice
--- once (by its id, HAProxy's unique-id).
+-- default) as `batch N ID` and N JSON lines, and drops the records only once
+-- the agent answered `ok N` (they are in Redis). A batch is sent again as it
+-- was, with the same ID (its first record's id, HAProxy's unique-id), until
+-- it is answered: the agent counts a batch sent twice once. While the agent
+-- is away the records wait here, up to MAX_QUEUE.
 --
 -- A JSON string cannot hold an unescaped quote, so text the model writes
 -- (always inside strings) cannot fake a `"prompt_tokens":` with its quotes.
@@ -128,7 +129,9 @@ function usage.record(id, key, name, seen, status, size, ms, ts, budget)
 end
 
 -- The queue: records from `first` to `last`.
-local queue, first, last, dropped = {}, 1, 0, 0
+-- `ids`: each record's id. `sending`: how many records from `first` on make
+-- the batch on its way, which stays as it is until the agent has it.
+local queue, ids, first, last, dropped, sending = {}, {}, 1, 0, 0, 0
 -- The filters of the answers being counted now. While there are any, the
 -- sender keeps its connection to the agent, and that connection keeps this
 -- process alive after a reload until their records are sent (an old process
@@ -138,14 +141,13 @@ local queue, first, last, dropped = {}, 1, 0, 0
 -- process forever.
 local counting = setmetatable({}, { __mode = "k" })
 
-local function push(line)
-  last = last + 1
-  queue[last] = line
-  if last - first + 1 > MAX_QUEUE then
-    queue[first] = nil
-    first = first + 1
-    dropped = dropped + 1
+local function push(line, id)
+  if last - first + 1 >= MAX_QUEUE then
+    dropped = dropped + 1 -- full (the agent long away): this one is not kept
+    return
   end
+  last = last + 1
+  queue[last], ids[last] = line, id
 end
 
 local function millis()
@@ -194,9 +196,10 @@ function Filter:end_analyze(txn, chn)
   local ok, err = pcall(function()
     local ended = millis()
     usage.estimate(self.seen, txn:get_var("txn.request_bytes"))
-    push(usage.record(txn.f:unique_id() or "", txn:get_var("txn.spoa.principal_id"),
+    local id = txn.f:unique_id() or ""
+    push(usage.record(id, txn:get_var("txn.spoa.principal_id"),
       txn:get_var("txn.spoa.principal") or "", self.seen, tonumber(txn.f:status()) or 0,
-      self.size, ended - self.started, ended // 1000, txn:get_var("txn.spoa.budget")))
+      self.size, ended - self.started, ended // 1000, txn:get_var("txn.spoa.budget")), id)
   end)
   if not ok then
     core.Warning("spoa-usage: " .. tostring(err))
@@ -232,7 +235,8 @@ local function sender()
       core.Warning(string.format("spoa-usage: %d records dropped (queue full)", dropped))
       dropped = 0
     end
-    local n = math.min(last - first + 1, BATCH)
+    -- The batch on its way, else a new one from the queue.
+    local n = sending > 0 and sending or math.min(last - first + 1, BATCH)
     if n <= 0 then
       if next(counting) == nil then
         -- Idle: no connection left open. An open one would keep an old
@@ -250,8 +254,15 @@ local function sender()
     else
       idle_turns = 0
       local answer = nil
+      sending = n
       if connect() then
-        local lines = { "batch " .. n }
+        -- haproxy.cfg's unique-id-format names every request; without it,
+        -- a name this sender makes (unique enough within a process).
+        if ids[first] == "" then
+          local now = core.now()
+          ids[first] = string.format("noid-%d-%d-%d", now.sec, now.usec, first)
+        end
+        local lines = { "batch " .. n .. " " .. ids[first] }
         for i = first, first + n - 1 do
           lines[#lines + 1] = queue[i]
         end
@@ -261,11 +272,12 @@ local function sender()
       end
       if answer == "ok " .. n then
         for i = first, first + n - 1 do
-          queue[i] = nil
+          queue[i], ids[i] = nil, nil
         end
-        first = first + n
+        first, sending = first + n, 0
       else
-        -- The agent or Redis is away: keep the batch, try again in a second.
+        -- The agent or Redis is away: keep the batch as it is (same records,
+        -- same id), try again in a second.
         disconnect()
         core.msleep(1000)
       end
