@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from spoa_agent import logging as agent_logging
+from spoa_agent.cli.device import device
 from spoa_agent.cli.doctor import doctor
 from spoa_agent.cli.install import files, setup, uninstall
 from spoa_agent.cli.secret_input import read_secret
@@ -231,6 +232,7 @@ def config_validate(ctx: click.Context, path: str | None) -> None:
 
 
 cli.add_command(token)
+cli.add_command(device)
 cli.add_command(doctor)
 for command in (files, setup, uninstall, usage):
     cli.add_command(command)

@@ -11,7 +11,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -66,6 +66,14 @@ def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    """Rows (the first names the columns) in aligned columns (`token list`, `device list`)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                   .rstrip())
 
 
 def _fail(message: str) -> None:
@@ -212,10 +220,7 @@ def list_keys(ctx: click.Context, fmt: str, status: str | None, name_part: str |
     rows = [("ID", "NAME", "STATUS", "SCOPES", "RATE", "EXPIRES", "LAST USED")]
     rows += [(r.key_id, r.name, r.status(now), ",".join(r.scopes) or "-", r.rate or "-",
               _when(r.expires_at), _when(r.last_used_at)) for r in records]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-                   .rstrip())
+    _table(rows)
     click.echo(f"{len(records)} key(s)", err=True)
 
 
