@@ -4,6 +4,7 @@ device certificates, the devices' own, and one the CA never signed."""
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,26 @@ class Ca:
                      .sign(self.key, hashes.SHA256()))
         self.path = directory / f"{name.replace(' ', '-').lower()}.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def serve(self, directory: Path, host: str) -> Path:
+        """A server certificate for `host` and 127.0.0.1, signed by this CA, in
+        HAProxy's layout (certificate then key) in `directory` (TLS_CERT_DIR)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+                .issuer_name(self.name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([
+                    x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                    critical=False)
+                .sign(self.key, hashes.SHA256()))
+        directory.mkdir(parents=True, exist_ok=True)
+        pem = directory / f"{host}.pem"
+        pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + _pem(key))
+        return pem
 
     def issue(self, device: str, expired: bool = False) -> Issued:
         """A client certificate for `device`, signed by this CA."""

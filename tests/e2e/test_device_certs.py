@@ -14,14 +14,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
-from spoa_agent.demo.stack import Gateway, free_port
+from spoa_agent.demo.stack import Gateway
 from tests.certs import Ca, Issued
 from tests.conftest import EXAMPLE_CONFIG
 from tests.e2e.client import bearer
 from tests.e2e.conftest import create_key
-from tests.e2e.test_gateway_edge import SniConnection, self_signed
+from tests.e2e.test_gateway_edge import SniConnection
 
 HOST = "models.test"
 
@@ -55,20 +57,17 @@ class MtlsGateway:
 
 @pytest.fixture
 def mtls(haproxy: str, tmp_path: Path) -> Iterator[MtlsGateway]:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    server_ca = self_signed(HOST, certs)
+    server_ca = Ca(tmp_path / "server-ca", "Test Server CA")
+    server_ca.serve(tmp_path / "certs", HOST)
     ca = Ca(tmp_path / "device-ca")
-    port = free_port()
-    gw = Gateway(tmp_path, haproxy_extra_env={
-        "TLS_CERT_DIR": str(certs), "GATEWAY_TLS_BIND": f"127.0.0.1:{port}",
-        "TLS_CLIENT_CA": str(ca.path)})
+    gw = Gateway(tmp_path)
+    port = gw.use_tls(tmp_path / "certs", client_ca=ca.path)
     try:
         gw.start_redis()
         gw.start_upstream()
         gw.start_agent(EXAMPLE_CONFIG)
         gw.start_haproxy(haproxy)
-        yield MtlsGateway(gw, ca, server_ca, port)
+        yield MtlsGateway(gw, ca, server_ca.path, port)
     finally:
         gw.stop()
 
@@ -160,3 +159,24 @@ def test_a_device_has_its_keys_limits(mtls: MtlsGateway) -> None:
     assert eventually(mtls, phone, 200) == 200
     statuses = [mtls.get(device=phone)[0] for _ in range(3)]
     assert statuses[-1] == 429 and statuses.count(200) <= 1, statuses
+
+
+def test_an_sdk_that_insists_on_a_key_gets_in_with_the_certificate(mtls: MtlsGateway) -> None:
+    """The OpenAI SDK needs an api_key: any string does beside a registered
+    certificate (its own httpx client presents the certificate)."""
+    laptop = mtls.ca.issue("laptop")
+    mtls.device("add", "--cert", str(laptop.cert), "--name", "laptop")
+    assert eventually(mtls, laptop, 200) == 200
+
+    def client(device: Issued | None) -> openai.OpenAI:
+        context = ssl.create_default_context(cafile=str(mtls.server_ca))
+        if device is not None:
+            context.load_cert_chain(*device.pair)
+        return openai.OpenAI(base_url=f"https://127.0.0.1:{mtls.port}/v1",
+                             api_key="no-key-needed", max_retries=0,
+                             http_client=httpx.Client(verify=context, timeout=10))
+
+    with client(laptop) as sdk:
+        assert [model.id for model in sdk.models.list()]
+    with client(None) as sdk, pytest.raises(openai.AuthenticationError):
+        sdk.models.list()
