@@ -8,6 +8,7 @@ Certificates are made at test time (tests/certs.py)."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -180,3 +181,46 @@ def test_an_sdk_that_insists_on_a_key_gets_in_with_the_certificate(mtls: MtlsGat
         assert [model.id for model in sdk.models.list()]
     with client(None) as sdk, pytest.raises(openai.AuthenticationError):
         sdk.models.list()
+
+
+
+class Resuming(SniConnection):
+    """SniConnection offering a TLS session to resume."""
+
+    def __init__(self, port: int, context: ssl.SSLContext,
+                 session: ssl.SSLSession | None) -> None:
+        super().__init__(HOST, port, context)
+        self.session = session
+
+    def connect(self) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
+            sock, server_hostname=self.host, session=self.session)
+
+
+def test_a_resumed_tls_session_is_still_the_device(mtls: MtlsGateway) -> None:
+    """A client resuming its TLS session presents no certificate again: HAProxy
+    still knows the session's verified certificate, so the device stays the
+    caller rather than turning into a client without a credential."""
+    laptop = mtls.ca.issue("laptop")
+    mtls.device("add", "--cert", str(laptop.cert), "--name", "laptop")
+    assert eventually(mtls, laptop, 200) == 200
+    context = ssl.create_default_context(cafile=str(mtls.server_ca))
+    context.load_cert_chain(*laptop.pair)
+    # Session ids (haproxy.cfg turns tickets off), which TLS 1.2 resumes.
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    session = None
+    for attempt in range(3):
+        conn = Resuming(mtls.port, context, session)
+        try:
+            conn.request("GET", "/v1/models")
+            answer = conn.getresponse()
+            answer.read()
+            sock = conn.sock
+            assert isinstance(sock, ssl.SSLSocket)
+            assert sock.session_reused is (attempt > 0), attempt
+            assert answer.status == 200, attempt
+            assert answer.getheader("x-upstream-principal") == "laptop"
+            session = sock.session
+        finally:
+            conn.close()
