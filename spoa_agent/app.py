@@ -394,10 +394,12 @@ class CheckResult:
 
 
 def explain(config: Config, method: str, path: str, host: str, ip: str,
-            token: str | None, body: bytes | None = None) -> CheckResult:
+            token: str | None, body: bytes | None = None,
+            device: str | None = None) -> CheckResult:
     """What the agent would answer for this request (`spoa-agent check`).
 
-    The same RequestChecker as in `serve`; without a token, as any valid key.
+    The same RequestChecker as in `serve`; without a token or a device
+    certificate's SHA-256 (as HAProxy would send it), as any valid key.
     The host and path as the client sends them (HAProxy's txn.host drops the
     port the same way); a body goes with its Content-Length.
     """
@@ -406,12 +408,15 @@ def explain(config: Config, method: str, path: str, host: str, ip: str,
                               "ip": ipaddress.ip_address(ip), "user_agent": "spoa-agent check"}
     if body is not None:
         args.update(body=body, content_length=str(len(body)))
+    if device is not None:
+        args["device"] = device
     quiet = structlog.wrap_logger(structlog.ReturnLogger())
 
     async def run() -> Outcome:
         authenticator = None
         if token is not None:
             args["authorization"] = f"Bearer {token}"
+        if token is not None or device is not None:
             settings = config.auth
             lookup = KeyLookup(async_client(config.redis.url, max(config.redis.timeout, 2.0),
                                             config.redis.password))

@@ -208,7 +208,10 @@ class Authenticator:
 
     def device_quick(self, fingerprint: str) -> Principal | AuthFailure | None:
         """A device by the fingerprint HAProxy verified, from the caches; None: ask Redis."""
-        return self._cached(device_digest(fingerprint), self.clock())
+        found = self._cached(device_digest(fingerprint), self.clock())
+        if found is None:
+            metrics.KEY_CACHE.inc("miss")
+        return found
 
     async def verify_device(self, fingerprint: str) -> Principal | AuthFailure:
         """The device's record in Redis, for a fingerprint device_quick() had no answer for.

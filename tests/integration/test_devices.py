@@ -15,6 +15,7 @@ from spoa_agent.spop import Ack, SetVar
 from spoa_agent.store.redis import sync_client
 from spoa_agent.store.tokens import DEVICE_INDEX, INDEX, KeyRecord, TokenStore
 from tests.certs import Ca, Issued
+from tests.conftest import EXAMPLE_CONFIG
 from tests.peer import Peer
 
 PUSHED_WITHIN = 10.0  # as test_agent_keys: generous on a loaded machine
@@ -116,3 +117,26 @@ def test_redis_unreachable_is_one_line(tmp_path: Path) -> None:
     result = gw.spoa_agent("device", "add", "--cert", str(laptop.cert), "--name", "laptop")
     assert result.returncode == 1 and "cannot reach Redis" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_as_a_device(redis_gw: Gateway, tmp_path: Path) -> None:
+    """`spoa-agent check --device-cert` answers as the agent would for that
+    certificate: the device registered for it, or its refusal."""
+    laptop = Ca(tmp_path).issue("laptop")
+    argv = ("check", "--method", "GET", "--path", "/v1/models", "--device-cert",
+            str(laptop.cert), "--format", "json")
+    unknown = redis_gw.spoa_agent("--config", str(EXAMPLE_CONFIG), *argv)
+    assert unknown.returncode == 1, unknown.stderr
+    assert json.loads(unknown.stdout)["reason"] == "unknown_device"
+    added = json.loads(device(redis_gw, "add", "--cert", str(laptop.cert), "--name", "laptop",
+                              "--format", "json"))
+    allowed = redis_gw.spoa_agent("--config", str(EXAMPLE_CONFIG), *argv)
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["principal"] == "laptop"
+    device(redis_gw, "revoke", added["id"])
+    revoked = redis_gw.spoa_agent("--config", str(EXAMPLE_CONFIG), *argv)
+    assert revoked.returncode == 1 and json.loads(revoked.stdout)["reason"] == "revoked_device"
+    bad = redis_gw.spoa_agent("check", "--method", "GET", "--path", "/", "--device-cert",
+                              str(tmp_path / "missing.pem"))
+    assert bad.returncode == 2 and "--device-cert" in bad.stderr
+    assert "Traceback" not in bad.stderr
