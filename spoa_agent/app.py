@@ -63,6 +63,13 @@ class _KeyCheck(NamedTuple):
     token: str
 
 
+class _DeviceCheck(NamedTuple):
+    """Next: the device's record in Redis (its certificate not in the caches)."""
+
+    decision: Decision
+    fingerprint: str
+
+
 class _LimitCheck(NamedTuple):
     """Next: these limits, in Redis (the over-limit cache had no answer)."""
 
@@ -71,7 +78,7 @@ class _LimitCheck(NamedTuple):
     limits: tuple[Limit, ...]
 
 
-Step = Outcome | _KeyCheck | _LimitCheck
+Step = Outcome | _DeviceCheck | _KeyCheck | _LimitCheck
 
 
 class _LimitsAnswer(Later):
@@ -144,6 +151,10 @@ class RequestChecker:
 
     async def resolve(self, request: CheckRequest, step: Step) -> Outcome:
         """The steps that wait on I/O, awaited one after the other."""
+        if type(step) is _DeviceCheck:
+            assert self.auth is not None
+            step = self._after_device(request, step.decision,
+                                      await self.auth.verify_device(step.fingerprint))
         if type(step) is _KeyCheck:
             assert self.auth is not None
             # Key checks are shared out fairly per client address.
@@ -163,8 +174,28 @@ class RequestChecker:
             # No keys here, or the upstream does its own login (its own
             # Authorization header must reach it untouched).
             return self.after_auth(request, decision, None)
+        if request.device is not None:  # a certificate HAProxy verified
+            device = self.auth.device_quick(request.device)
+            if device is None:
+                return _DeviceCheck(decision, request.device)
+            return self._after_device(request, decision, device)
+        return self._by_credential(request, decision, None)
+
+    def _after_device(self, request: CheckRequest, decision: Decision,
+                      device: Principal | AuthFailure) -> Step:
+        """A registered device is the caller; an unknown or revoked one is
+        no credential: the request's key or JWT decides, if it has one."""
+        if type(device) is AuthFailure and not device.reason.gateway_fault:
+            return self._by_credential(request, decision, device)
+        return self.after_auth(request, decision, device)
+
+    def _by_credential(self, request: CheckRequest, decision: Decision,
+                       device: AuthFailure | None) -> Step:
+        assert self.auth is not None
         token = request.credential
         if type(token) is Reason:
+            if device is not None and token is Reason.MISSING_CREDENTIAL:
+                return Outcome(refuse(device.reason), "auth", key_id=device.key_id)
             return Outcome(refuse(token), "auth")
         assert isinstance(token, str)
         found = self.auth.quick(token)
@@ -372,10 +403,12 @@ class CheckResult:
 
 
 def explain(config: Config, method: str, path: str, host: str, ip: str,
-            token: str | None, body: bytes | None = None) -> CheckResult:
+            token: str | None, body: bytes | None = None,
+            device: str | None = None) -> CheckResult:
     """What the agent would answer for this request (`spoa-agent check`).
 
-    The same RequestChecker as in `serve`; without a token, as any valid key.
+    The same RequestChecker as in `serve`; without a token or a device
+    certificate's SHA-256 (as HAProxy would send it), as any valid key.
     The host and path as the client sends them (HAProxy's txn.host drops the
     port the same way); a body goes with its Content-Length.
     """
@@ -384,12 +417,15 @@ def explain(config: Config, method: str, path: str, host: str, ip: str,
                               "ip": ipaddress.ip_address(ip), "user_agent": "spoa-agent check"}
     if body is not None:
         args.update(body=body, content_length=str(len(body)))
+    if device is not None:
+        args["device"] = device
     quiet = structlog.wrap_logger(structlog.ReturnLogger())
 
     async def run() -> Outcome:
         authenticator = None
         if token is not None:
             args["authorization"] = f"Bearer {token}"
+        if token is not None or device is not None:
             settings = config.auth
             lookup = KeyLookup(async_client(config.redis.url, max(config.redis.timeout, 2.0),
                                             config.redis.password))

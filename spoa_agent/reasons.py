@@ -38,6 +38,10 @@ class Reason(StrEnum):
     WRONG_SECRET = "wrong_secret", 401, "invalid_api_key"
     EXPIRED_KEY = "expired_key", 401, "expired_api_key"
     REVOKED_KEY = "revoked_key", 401, "revoked_api_key"
+    # Device certificates (HAProxy verified the chain; the agent knows the
+    # fingerprint): refused only when the request has no other credential.
+    UNKNOWN_DEVICE = "unknown_device", 401, "unknown_device_certificate"
+    REVOKED_DEVICE = "revoked_device", 401, "revoked_device_certificate"
     # JWTs
     MALFORMED_TOKEN = "malformed_token", 401, "invalid_api_key"
     UNKNOWN_ISSUER = "unknown_issuer", 401, "invalid_api_key"

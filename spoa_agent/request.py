@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from spoa_agent.auth.authenticator import MAX_CREDENTIAL
+from spoa_agent.auth.devices import FINGERPRINT
 from spoa_agent.policy.body import BodyFacts
 from spoa_agent.reasons import Reason
 from spoa_agent.spop import Value
@@ -20,7 +21,7 @@ from spoa_agent.spop import Value
 # The check-request message's arguments (spoe-agent.conf), in the order
 # from_values() reads them: the codec decodes them straight into this order.
 ARGS = ("ip", "method", "host", "path", "user_agent", "authorization", "api_key",
-        "content_length", "transfer_encoding", "content_encoding", "body")
+        "content_length", "transfer_encoding", "content_encoding", "body", "device")
 
 
 class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
@@ -32,6 +33,9 @@ class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
     authorization: str | None  # the headers, as sent (cut at MAX_CREDENTIAL + 1)
     api_key: str | None
     body: BodyFacts
+    # The SHA-256 of the client's certificate, lower-case hex, sent by HAProxy
+    # only when it verified the certificate (haproxy.cfg's txn.device).
+    device: str | None = None
 
     @property
     def credential(self) -> str | Reason:
@@ -47,7 +51,7 @@ class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
     def from_values(cls, values: Sequence[Value]) -> CheckRequest:
         """From the values of ARGS, in that order (None: not sent)."""
         ip, method, host, path, agent, authorization, api_key, length, framing, encoding, \
-            body = values
+            body, device = values
         method = method if type(method) is str else ""
         # Most requests send none of the body's headers: no call for those.
         length = None if length is None else _header(length)
@@ -66,7 +70,8 @@ class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
         return cls(address, method, host if type(host) is str else "",
                    path if type(path) is str else "", agent if type(agent) is str else "",
                    None if authorization is None else _header(authorization),
-                   None if api_key is None else _header(api_key), facts)
+                   None if api_key is None else _header(api_key), facts,
+                   None if device is None else _fingerprint(device))
 
 
 # Formatting an address costs more than looking it up: the same clients come
@@ -104,6 +109,15 @@ def _token(authorization: str | None, api_key: str | None) -> str | Reason:
         if scheme.lower() != "bearer":
             return Reason.MALFORMED_CREDENTIAL
     return token.strip() or Reason.MALFORMED_CREDENTIAL
+
+
+def _fingerprint(value: Value) -> str | None:
+    # HAProxy's `hex` is upper case; anything but 64 hex digits is no
+    # certificate (HAProxy never sends one).
+    if type(value) is not str or len(value) != 64:
+        return None
+    fingerprint = value.lower()
+    return fingerprint if FINGERPRINT.fullmatch(fingerprint) else None
 
 
 def _header(value: Value) -> str | None:

@@ -6,6 +6,10 @@ When it returns None the key must be looked up in Redis and its secret
 checked with argon2id: `verify_slow()` does that once per key and cache
 lifetime, with concurrent requests for the same key sharing one check.
 
+A device certificate (auth/devices.py) is the same cache and Redis record
+without a secret: `device_quick()` and `verify_device()` by the fingerprint
+HAProxy verified.
+
 Revocation wins every race: `key_changed()` (the key-event channel) drops a
 key's cache entries, and a check that began before the change, or before a
 "forget everything", neither caches its answer nor serves requests that
@@ -18,13 +22,14 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 
 from spoa_agent import metrics
+from spoa_agent.auth.devices import device_id
 from spoa_agent.auth.hashing import Argon2Params, VerifierPool
 from spoa_agent.auth.jwt import IssuerConfig, JwtVerifier
 from spoa_agent.auth.keys import KeyFormatError, ParsedKey, looks_like_key, parse_key
@@ -71,9 +76,15 @@ def token_digest(token: str) -> bytes:
     return hashlib.blake2b(token.encode(), digest_size=16).digest()
 
 
+def device_digest(fingerprint: str) -> bytes:
+    # Apart from every token's digest (another personalisation).
+    return hashlib.blake2b(fingerprint.encode(), digest_size=16, person=b"device").digest()
+
+
 def principal_of(record: KeyRecord) -> Principal:
     return Principal(
-        kind="api_key", id=record.key_id, name=record.name, scopes=frozenset(record.scopes),
+        kind="api_key" if record.cert_sha256 is None else "device", id=record.key_id,
+        name=record.name, scopes=frozenset(record.scopes),
         routes=frozenset(record.routes), models=frozenset(record.models), rate=record.rate,
         tokens=record.tokens, model_tokens=record.model_tokens,
         max_in_flight=record.max_in_flight, expires_at=record.expires_at,
@@ -81,7 +92,7 @@ def principal_of(record: KeyRecord) -> Principal:
 
 
 def _failure_of(record: KeyRecord | None, key_id: str, now: float) -> AuthFailure | None:
-    if record is None:
+    if record is None or record.cert_sha256 is not None:  # no key opens a device's record
         return AuthFailure(Reason.UNKNOWN_KEY, key_id)
     status = record.status(now)
     if status == "revoked":
@@ -199,13 +210,39 @@ class Authenticator:
         if self._running >= self._check_limit:
             return AuthFailure(Reason.AUTH_OVERLOADED, key_id)
         check = _Check(key_id, source, self._changes, asyncio.get_running_loop().create_future())
+        return await self._shared(digest, check, self._check(parsed, digest, check))
+
+    def device_quick(self, fingerprint: str) -> Principal | AuthFailure | None:
+        """A device by the fingerprint HAProxy verified, from the caches; None: ask Redis."""
+        found = self._cached(device_digest(fingerprint), self.clock())
+        if found is None:
+            metrics.KEY_CACHE.inc("miss")
+        return found
+
+    async def verify_device(self, fingerprint: str) -> Principal | AuthFailure:
+        """The device's record in Redis, for a fingerprint device_quick() had no answer for.
+
+        No argon2id (HAProxy checked the certificate): not counted against the
+        key checks' limits, but joined and raced against revocations as they are."""
+        digest = device_digest(fingerprint)
+        running = self._checking.get(digest)
+        if running is not None:
+            return await asyncio.shield(running.future)
+        check = _Check(device_id(fingerprint), None, self._changes,
+                       asyncio.get_running_loop().create_future())
+        return await self._shared(digest, check, self._check_device(fingerprint, digest, check))
+
+    async def _shared(self, digest: bytes, check: _Check,
+                      work: Coroutine[Any, Any, Principal | AuthFailure],
+                      ) -> Principal | AuthFailure:
+        """Run a check that requests for the same credential may join meanwhile."""
         self._checking[digest] = check
         self._running += 1
-        if source is not None:
-            keys = self._per_source.setdefault(source, {})
+        if check.source is not None:
+            keys = self._per_source.setdefault(check.source, {})
             keys[digest] = keys.get(digest, 0) + 1
         try:
-            result = await self._check(parsed, digest, check)
+            result = await work
             check.future.set_result(result)
             return result
         except BaseException as err:
@@ -236,17 +273,43 @@ class Authenticator:
         return (self._forgot_at <= check.started
                 and self._changed_at.get(check.key_id, 0) <= check.started)
 
-    async def _check(self, parsed: ParsedKey, digest: bytes,
-                     check: _Check) -> Principal | AuthFailure:
+    async def _read(self, key_id: str) -> KeyRecord | AuthFailure | None:
         if self.lookup is None:
-            return AuthFailure(Reason.STORE_UNAVAILABLE, parsed.key_id)
+            return AuthFailure(Reason.STORE_UNAVAILABLE, key_id)
         metrics.REDIS_CALLS.labels("keys").inc()
         try:
-            record = await self.lookup.get(parsed.key_id)
+            return await self.lookup.get(key_id)
         except (redis.RedisError, OSError) as err:
             metrics.REDIS_ERRORS.labels("keys").inc()
-            self.log.error("store_error", error=str(err), key_id=parsed.key_id)
-            return AuthFailure(Reason.STORE_UNAVAILABLE, parsed.key_id)
+            self.log.error("store_error", error=str(err), key_id=key_id)
+            return AuthFailure(Reason.STORE_UNAVAILABLE, key_id)
+
+    async def _check_device(self, fingerprint: str, digest: bytes,
+                            check: _Check) -> Principal | AuthFailure:
+        record = await self._read(check.key_id)
+        if type(record) is AuthFailure:
+            return record  # not cached: Redis may answer the next one
+        result: Principal | AuthFailure
+        if type(record) is not KeyRecord or record.cert_sha256 != fingerprint:
+            result = AuthFailure(Reason.UNKNOWN_DEVICE, check.key_id)
+        elif record.revoked_at is not None:
+            result = AuthFailure(Reason.REVOKED_DEVICE, check.key_id)
+        else:
+            result = principal_of(record)
+            self._touch(check.key_id, self.clock())
+        if self._current(check):
+            if isinstance(result, Principal):
+                self.verified.put(digest, result, self.clock())
+            else:
+                self.failures.put(digest, result, self.clock())
+        return result
+
+    async def _check(self, parsed: ParsedKey, digest: bytes,
+                     check: _Check) -> Principal | AuthFailure:
+        record = await self._read(parsed.key_id)
+        if type(record) is AuthFailure:
+            return record
+        assert type(record) is KeyRecord or record is None
         now = self.clock()
         failure = _failure_of(record, parsed.key_id, now)
         if failure is None:

@@ -9,7 +9,7 @@ from spoa_agent.reasons import Reason
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    kind: str  # "api_key" or "jwt"
+    kind: str  # "api_key", "device" or "jwt"
     id: str  # key id, or the JWT subject
     name: str  # key name, or the JWT subject: passed upstream and logged
     scopes: frozenset[str] = frozenset()

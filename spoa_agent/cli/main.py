@@ -7,12 +7,15 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import click
 from click.core import ParameterSource
 
 from spoa_agent import logging as agent_logging
+from spoa_agent.auth.devices import CertificateError, read_certificate
+from spoa_agent.cli.device import device
 from spoa_agent.cli.doctor import doctor
 from spoa_agent.cli.install import files, setup, uninstall
 from spoa_agent.cli.secret_input import read_secret
@@ -159,6 +162,9 @@ def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
 @click.option("--token-stdin", is_flag=True,
               help="Read the API key or JWT from the first line of stdin (asked for "
                    "without echo on a terminal).")
+@click.option("--device-cert", type=click.Path(path_type=Path), default=None,
+              help="Check as a client presenting this certificate (PEM), as HAProxy "
+                   "names it once verified (see `spoa-agent device`).")
 @click.option("--ip", default="127.0.0.1", show_default=True, help="Client address.")
 @click.option("--body", type=click.File("rb"), default=None,
               help="The request body, from a file or - for stdin, sent with its "
@@ -167,7 +173,8 @@ def serve(ctx: click.Context, config_path: str | None, listen: Listen | None,
               show_default=True)
 @click.pass_context
 def check(ctx: click.Context, method: str, path: str, host: str, token: str | None,
-          token_stdin: bool, ip: str, body: BinaryIO | None, fmt: str) -> None:
+          token_stdin: bool, device_cert: Path | None, ip: str, body: BinaryIO | None,
+          fmt: str) -> None:
     """Say whether a request would be allowed, and which rule decided.
 
     The key to check as comes from --token-stdin, env SPOA_AGENT_CHECK_TOKEN or
@@ -183,13 +190,19 @@ def check(ctx: click.Context, method: str, path: str, host: str, token: str | No
             raise click.UsageError("--token-stdin and --body - both read stdin: give one")
         # Wins over the environment: asked for on this command line.
         token = read_secret("API key or JWT", "--token-stdin")
+    device = None
+    if device_cert is not None:
+        try:
+            device = read_certificate(device_cert)[0]
+        except CertificateError as err:
+            raise click.BadParameter(str(err), param_hint="--device-cert") from None
     config = _load(ctx)
     content = None if body is None else body.read(MAX_CHECK_BODY + 1)
     if content is not None and len(content) > MAX_CHECK_BODY:
         raise click.BadParameter(f"larger than {MAX_CHECK_BODY} bytes, more than HAProxy "
                                  "holds for the agent", param_hint="--body")
     try:
-        answer = explain(config, method.upper(), path, host, ip, token, content)
+        answer = explain(config, method.upper(), path, host, ip, token, content, device)
     except ValueError as err:  # a bad --ip
         raise click.BadParameter(str(err), param_hint="--ip") from None
     if fmt == "json":
@@ -198,7 +211,7 @@ def check(ctx: click.Context, method: str, path: str, host: str, token: str | No
         verdict = "ALLOW" if answer.allowed else f"DENY {answer.status}"
         rule = f" (rule: {answer.rule})" if answer.rule else ""
         who = f" as {answer.principal}" if answer.principal else (
-            "" if token else " as any valid key")
+            "" if token or device else " as any valid key")
         click.echo(f"{verdict} {method.upper()} {path}{who}: {answer.reason}{rule}")
     sys.exit(0 if answer.allowed else EXIT_DENIED)
 
@@ -231,6 +244,7 @@ def config_validate(ctx: click.Context, path: str | None) -> None:
 
 
 cli.add_command(token)
+cli.add_command(device)
 cli.add_command(doctor)
 for command in (files, setup, uninstall, usage):
     cli.add_command(command)

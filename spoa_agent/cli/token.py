@@ -11,7 +11,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -107,10 +107,25 @@ def _budget_changes(record: KeyRecord | None,
     return changes
 
 
+def budget_fields(budgets: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """A new record's `tokens` and `model_tokens` from --tokens options."""
+    changes = _budget_changes(None, budgets)
+    per_model = json.loads(changes.get("model_tokens") or "{}")
+    return {"tokens": changes.get("tokens"), "model_tokens": model_budgets(per_model)}
+
+
 def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    """Rows (the first names the columns) in aligned columns (`token list`, `device list`)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                   .rstrip())
 
 
 def _fail(message: str) -> None:
@@ -232,8 +247,6 @@ def create(ctx: click.Context, name: str, scopes: tuple[str, ...], routes: tuple
         raise click.BadParameter("give a printable name of 1 to 200 characters",
                                  param_hint="--name")
     prefix = ctx.obj["load"]().auth.key_prefix
-    budget = _budget_changes(None, budgets)
-    model_tokens = json.loads(budget.get("model_tokens") or "{}")
     secret = new_secret()
     hashed = _hasher(ctx).hash(secret)
     now = time.time()
@@ -242,7 +255,7 @@ def create(ctx: click.Context, name: str, scopes: tuple[str, ...], routes: tuple
             record = KeyRecord(
                 key_id=new_key_id(), name=name.strip(), hash=hashed, scopes=scopes,
                 routes=routes, models=models, rate=None if rate in (None, "none") else rate,
-                tokens=budget.get("tokens"), model_tokens=model_budgets(model_tokens),
+                **budget_fields(budgets),
                 max_in_flight=max_in_flight or None,
                 created_at=now, expires_at=now + expires if expires else None,
             )
@@ -273,10 +286,7 @@ def list_keys(ctx: click.Context, fmt: str, status: str | None, name_part: str |
     rows = [("ID", "NAME", "STATUS", "SCOPES", "RATE", "EXPIRES", "LAST USED")]
     rows += [(r.key_id, r.name, r.status(now), ",".join(r.scopes) or "-", r.rate or "-",
               _when(r.expires_at), _when(r.last_used_at)) for r in records]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-                   .rstrip())
+    _table(rows)
     click.echo(f"{len(records)} key(s)", err=True)
 
 

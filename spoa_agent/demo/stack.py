@@ -286,6 +286,17 @@ class Gateway:
         self.processes[name] = proc
         return proc
 
+    def use_tls(self, cert_dir: Path, client_ca: Path | None = None) -> int:
+        """Serve TLS too, on a free port (returned), with haproxy.cfg's
+        TLS_CERT_DIR; with `client_ca`, ask clients for device certificates
+        signed by it (TLS_CLIENT_CA). Before start_haproxy."""
+        port = free_port()
+        self.haproxy_extra_env.update(TLS_CERT_DIR=str(cert_dir),
+                                      GATEWAY_TLS_BIND=f"127.0.0.1:{port}")
+        if client_ca is not None:
+            self.haproxy_extra_env["TLS_CLIENT_CA"] = str(client_ca)
+        return port
+
     def haproxy_env(self) -> dict[str, str]:
         return {
             "GATEWAY_BIND": f"127.0.0.1:{self.gateway_port}",

@@ -539,7 +539,33 @@ def fail2ban_banlist_check(binary: str, sock: str | None, haproxy_banlist: str) 
 # --- TLS ---------------------------------------------------------------------
 
 
-def tls_check(cert_dir: str | None, now: datetime.datetime | None = None) -> Check:
+def client_ca_problem(path: str, now: datetime.datetime) -> tuple[str | None, str]:
+    """TLS_CLIENT_CA (device certificates): what is wrong with it, or what it is."""
+    from cryptography import x509
+
+    try:
+        cas = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except (OSError, ValueError) as err:
+        return f"TLS_CLIENT_CA {path}: not a PEM certificate ({_error(err)})", ""
+    names = []
+    for cert in cas:
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except (x509.ExtensionNotFound, ValueError):
+            is_ca = False
+        name = cert.subject.rfc4514_string()
+        if not is_ca:
+            return (f"TLS_CLIENT_CA {path}: {name} is no CA certificate (a device's own "
+                    "goes to `spoa-agent device add`)"), ""
+        days = (cert.not_valid_after_utc - now).days
+        if days <= CERT_MIN_DAYS:
+            return f"TLS_CLIENT_CA {path}: {name} expires in {days} days", ""
+        names.append(f"{name}: {days} days left")
+    return None, "device certificates signed by " + ", ".join(names)
+
+
+def tls_check(cert_dir: str | None, now: datetime.datetime | None = None,
+              client_ca: str | None = None) -> Check:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
@@ -574,6 +600,13 @@ def tls_check(cert_dir: str | None, now: datetime.datetime | None = None) -> Che
         return Check("tls", False, "; ".join(bad + seen),
                      "renew it (certbot renew; cat fullchain.pem privkey.pem > the PEM), "
                      "then systemctl reload haproxy")
+    if client_ca:
+        problem, about = client_ca_problem(client_ca, now)
+        if problem is not None:
+            return Check("tls", False, problem, "put the CA that signs your devices' "
+                         "certificates there (PEM), or comment TLS_CLIENT_CA out in the drop-in "
+                         "(docs/api-keys.md#device-certificates)")
+        seen.append(about)
     return Check("tls", True, "; ".join(seen))
 
 
@@ -785,7 +818,8 @@ def node_probes(node: Node, config: Config | None, haproxy: str, fail2ban: str,
         Probe(("fail2ban",), lambda: fail2ban_jail_check(fail2ban, fail2ban_socket)),
         Probe(("fail2ban-banlist",),
               lambda: fail2ban_banlist_check(fail2ban, fail2ban_socket, node.banlist)),
-        Probe(("tls",), lambda: tls_check(node.cert_dir)),
+        Probe(("tls",), lambda: tls_check(node.cert_dir,
+                                          client_ca=node.haproxy_env.get("TLS_CLIENT_CA"))),
     ]
     return probes
 

@@ -3,8 +3,10 @@
     spoa:key:{<id>}   hash: name, hash (argon2id), scopes, routes, models, rate, tokens,
                       model_tokens (JSON object: model -> budget),
                       created_at, expires_at, revoked_at, prev_hash,
-                      prev_hash_until, last_used_at
+                      prev_hash_until, last_used_at; a device's record
+                      has cert_sha256 instead of a secret (auth/devices.py)
     spoa:keys         set of key ids, for listing
+    spoa:devices      set of device ids, for listing
     spoa:key-events   pub/sub channel: a key id whenever its record changes
 
 Each change writes only the fields it owns (HSET per field), so the CLI and
@@ -26,6 +28,7 @@ import redis
 import redis.asyncio
 
 INDEX = "spoa:keys"
+DEVICE_INDEX = "spoa:devices"
 CHANNEL = "spoa:key-events"
 _LIST_FIELDS = ("scopes", "routes", "models")
 _TIME_FIELDS = ("created_at", "expires_at", "revoked_at", "prev_hash_until", "last_used_at")
@@ -65,6 +68,8 @@ class KeyRecord:
     prev_hash: str | None = None
     prev_hash_until: float | None = None
     last_used_at: float | None = None
+    # A device's: the SHA-256 of the certificate HAProxy verified (lower-case hex).
+    cert_sha256: str | None = None
 
     def to_fields(self) -> dict[Any, str]:  # Any: redis-py's mapping key type is a wide union
         out: dict[Any, str] = {}
@@ -90,7 +95,7 @@ class KeyRecord:
         for name in _TIME_FIELDS:
             if name in data:
                 kwargs[name] = float(data[name])
-        for name in ("rate", "tokens", "prev_hash"):
+        for name in ("rate", "tokens", "prev_hash", "cert_sha256"):
             if name in data:
                 kwargs[name] = data[name]
         if "max_in_flight" in data:
@@ -122,8 +127,9 @@ class KeyRecord:
 class TokenStore:
     """Blocking access for the CLI."""
 
-    def __init__(self, client: Any) -> None:  # redis.Redis or redis.cluster.RedisCluster
-        self.client = client
+    def __init__(self, client: Any, index: str = INDEX) -> None:
+        self.client = client  # redis.Redis or redis.cluster.RedisCluster
+        self.index = index  # the set listing them: INDEX, or DEVICE_INDEX for devices
 
     def create(self, record: KeyRecord) -> bool:
         """Store a new record; False if its id is taken (the caller draws another)."""
@@ -131,7 +137,7 @@ class TokenStore:
         if not self.client.hsetnx(key, "hash", record.hash):
             return False
         self.client.hset(key, mapping=record.to_fields())
-        self.client.sadd(INDEX, record.key_id)
+        self.client.sadd(self.index, record.key_id)
         return True
 
     def get(self, key_id: str) -> KeyRecord:
@@ -142,7 +148,7 @@ class TokenStore:
         return record
 
     def list(self) -> list[KeyRecord]:
-        ids = sorted(cast(set[str], self.client.smembers(INDEX)))
+        ids = sorted(cast(set[str], self.client.smembers(self.index)))
         pipe = self.client.pipeline(transaction=False)
         for key_id in ids:
             pipe.hgetall(record_key(key_id))
@@ -178,7 +184,7 @@ class TokenStore:
     def delete(self, key_id: str) -> None:
         self.get(key_id)
         self.client.delete(record_key(key_id))
-        self.client.srem(INDEX, key_id)
+        self.client.srem(self.index, key_id)
         self.client.publish(CHANNEL, key_id)
 
 

@@ -38,6 +38,7 @@ from spoa_agent.install.doctor import (
 )
 from spoa_agent.install.shipped import HAPROXY_CFG
 from spoa_agent.store.redis import sync_client
+from tests.certs import Ca
 from tests.conftest import EXAMPLE_CONFIG
 from tests.e2e.client import bearer
 from tests.e2e.conftest import create_key
@@ -379,6 +380,17 @@ def test_tls_certificates_close_to_their_end(tmp_path: Path) -> None:
     assert not check.ok and "gateway.test (gateway.pem) expires in 9 days" in check.detail
     (pem.parent / "broken.pem").write_text("not a certificate\n")
     assert "broken.pem: not a PEM certificate" in tls_check(str(pem.parent)).detail
+
+
+def test_tls_checks_the_device_ca_when_set(tmp_path: Path) -> None:
+    pem = certificate(tmp_path / "certs")
+    ca = Ca(tmp_path / "device-ca")
+    check = tls_check(str(pem.parent), client_ca=str(ca.path))
+    assert check.ok and "device certificates signed by CN=Test Device CA" in check.detail
+    for path, says in [(ca.issue("laptop").cert, "is no CA certificate"),
+                       (tmp_path / "missing.pem", "not a PEM certificate")]:
+        check = tls_check(str(pem.parent), client_ca=str(path))
+        assert not check.ok and says in check.detail and "TLS_CLIENT_CA" in check.fix
 
 
 def test_redis_unreachable_or_misnamed() -> None:

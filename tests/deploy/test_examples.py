@@ -27,6 +27,7 @@ from spoa_agent.config import ServerConfig, parse_seconds
 from spoa_agent.demo.stack import Gateway, free_port, spawn, wait_for_port
 from spoa_agent.install.shipped import FAIL2BAN, HAPROXY_CFG, SHIPPED
 from spoa_agent.spop import Ack, SetVar
+from tests.certs import Ca
 from tests.conftest import EXAMPLE_CONFIG
 from tests.peer import Peer
 
@@ -423,11 +424,9 @@ def write_self_signed_pem(directory: Path) -> None:
                             serialization.NoEncryption()))
 
 
-@pytest.mark.haproxy
-def test_haproxy_checks_the_config_with_the_dropin_environment(tmp_path: Path) -> None:
-    """haproxy -c as Debian's unit runs it: the copy laid out as the drop-in's
-    comment says, from its WorkingDirectory, with its variables (paths moved
-    into tmp). From / (no WorkingDirectory) the same check fails."""
+def dropin_layout(tmp_path: Path) -> tuple[Path, dict[str, str], list[str]]:
+    """The shipped files laid out as the drop-in's comment says, its variables
+    (paths moved into tmp), and the `haproxy -c` that checks them."""
     install = tmp_path / "spoa-gateway"
     for part in ("haproxy", "lua"):
         shutil.copytree(SHIPPED / part, install / part)
@@ -437,11 +436,35 @@ def test_haproxy_checks_the_config_with_the_dropin_environment(tmp_path: Path) -
     env = {**environment(HAPROXY_DROPIN), "TLS_CERT_DIR": str(tmp_path / "certs"),
            "HAPROXY_RUN_DIR": str(tmp_path / "run"),
            "HAPROXY_BANLIST": str(tmp_path / "banned.lst"), "PATH": "/usr/sbin:/usr/bin:/bin"}
-    argv = [tool("haproxy"), "-c", "-f", str(install / "haproxy" / "haproxy.cfg")]
+    return install, env, [tool("haproxy"), "-c", "-f", str(install / "haproxy" / "haproxy.cfg")]
+
+
+@pytest.mark.haproxy
+def test_haproxy_checks_the_config_with_the_dropin_environment(tmp_path: Path) -> None:
+    """haproxy -c as Debian's unit runs it: the copy laid out as the drop-in's
+    comment says, from its WorkingDirectory, with its variables (paths moved
+    into tmp). From / (no WorkingDirectory) the same check fails."""
+    install, env, argv = dropin_layout(tmp_path)
     result = run(argv, cwd=install, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ALERT" not in result.stdout + result.stderr
     assert run(argv, cwd=Path("/"), env=env).returncode != 0
+
+
+@pytest.mark.haproxy
+def test_device_certificates_are_one_uncommented_line(tmp_path: Path) -> None:
+    """TLS_CLIENT_CA, commented out in the drop-in, turns device certificates on
+    once uncommented; HAProxy refuses a missing CA file, which is why it waits
+    for the operator's CA as TLS_CERT_DIR waits for a certificate."""
+    line = next(line for line in HAPROXY_DROPIN.read_text().splitlines()
+                if line.startswith('#Environment="TLS_CLIENT_CA='))
+    assert line.endswith('/client-ca.pem"')
+    install, env, argv = dropin_layout(tmp_path)
+    ca = Ca(tmp_path / "device-ca")
+    result = run(argv, cwd=install, env={**env, "TLS_CLIENT_CA": str(ca.path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    missing = run(argv, cwd=install, env={**env, "TLS_CLIENT_CA": str(tmp_path / "none.pem")})
+    assert missing.returncode != 0
 
 
 def dropin_beside(unit_text: str, unit_name: str, dropin: Path, units: Path,

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from spoa_agent.app import explain
 from spoa_agent.config import Config, load_config
 from spoa_agent.demo.stack import Gateway
+from spoa_agent.outcome import MODEL_LISTS
 from tests.conftest import EXAMPLE_CONFIG, OWN_LOGIN_ROUTE, haproxy_params
 from tests.e2e.test_gate_integrity import SMALL_BODY_ROUTE
 
@@ -133,4 +134,10 @@ def test_the_upstream_gets_exactly_what_check_allows(
     # "": a request without a credential (explain's None is "any valid key").
     verdict = explain(differential.config, method, path.split("?")[0], host, SOURCES[who],
                       "" if token is None else token, body)
+    if verdict.allowed and method == "GET" and token == differential.tokens["one-model"] \
+            and path.split("?")[0] in MODEL_LISTS:
+        # A key limited to some models gets its list from the gateway itself
+        # (lua/spoa_deny.lua's spoa-models): allowed, and no upstream asked.
+        assert (status, reached) == (200, False) and b"llama3.2:1b" in answer, answer
+        return
     assert reached == verdict.allowed, (status, verdict)

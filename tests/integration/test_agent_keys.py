@@ -8,15 +8,12 @@ import collections
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from spoa_agent.auth import Argon2Params, SecretHasher
 from spoa_agent.auth.keys import format_key, new_key_id, new_secret, parse_key
-from spoa_agent.demo.stack import Gateway, free_port
+from spoa_agent.demo.stack import Gateway
 from spoa_agent.spop import Ack, SetVar
 from spoa_agent.store.redis import sync_client
 from spoa_agent.store.tokens import KeyRecord, TokenStore
@@ -38,17 +35,6 @@ def answer(peer: Peer, stream: int, token: str | None) -> dict[str, object]:
     ack = peer.read()
     assert isinstance(ack, Ack)
     return {a.name: a.value for a in ack.actions if isinstance(a, SetVar)}
-
-
-@pytest.fixture
-def two_agents(redis_gw: Gateway) -> Iterator[tuple[Gateway, Peer, Peer]]:
-    second = free_port()
-    redis_gw.start_agent(EXAMPLE_CONFIG)
-    redis_gw.start_agent(EXAMPLE_CONFIG, port=second, name="agent-b")
-    a, b = Peer(redis_gw.agent_port), Peer(second)
-    a.hello()
-    b.hello()
-    yield redis_gw, a, b
 
 
 def test_valid_key_is_allowed_as_its_principal(two_agents: tuple[Gateway, Peer, Peer]) -> None:
