@@ -102,7 +102,9 @@ class RequestChecker:
         Each attribute is replaced whole, so a request sees either the old
         policy or the new one, never a mix of half of each."""
         routes = RouteTable(config.routes)
-        jwt = JwtVerifier(config.auth.issuers)  # reads key files: may fail, before any change
+        # Reads key files: may fail, before any change. Keys fetched from a
+        # URL are kept across a reload when the issuer's settings are the same.
+        jwt = JwtVerifier(config.auth.issuers, self.auth.jwt if self.auth else None, self.log)
         self.routes = routes
         self.limits = config.ratelimit
         self._plans: dict[object, tuple[Limit, ...]] = {}  # of this policy only

@@ -234,7 +234,8 @@ def _auth(reader: _Reader, data: Mapping[str, Any], jwt: Mapping[str, Any]) -> A
             reader.problem(where, "must be a table")
             continue
         reader.unknown(item, {"issuer", "algorithms", "audience", "pem_file", "jwks_file",
-                              "scopes_claim", "leeway"}, where)
+                              "scopes_claim", "leeway", "jwks_url", "discovery",
+                              "jwks_max_age", "jwks_min_refresh", "jwks_timeout"}, where)
         try:
             issuer = load_issuer(item)
             JwtVerifier((issuer,))  # its key files must be readable now, not at first use

@@ -79,6 +79,8 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable", 503, "temporarily_unavailable"
     AUTH_OVERLOADED = "auth_overloaded", 503, "temporarily_unavailable"
     RATELIMIT_UNAVAILABLE = "ratelimit_unavailable", 503, "temporarily_unavailable"
+    # A JWT issuer's keys (jwks_url, discovery) could not be fetched.
+    JWKS_UNAVAILABLE = "jwks_unavailable", 503, "temporarily_unavailable"
 
 
 # Refusals HAProxy makes by itself (haproxy.cfg's txn.gateway_deny), rendered

@@ -44,6 +44,8 @@ local REASONS = {
     "this API key was revoked: ask the gateway's operator for a new one" },
   expired_token = { 401, "expired_token",
     "this token has expired: get a fresh one from your identity provider" },
+  jwks_unavailable = { 503, "temporarily_unavailable",
+    "the gateway cannot fetch the token issuer's keys right now; retry in a few seconds" },
   ambiguous_host = { 400, "ambiguous_host",
     "the Host header must be a plain host name (no trailing dot, no empty label)" },
   ambiguous_body = { 400, "ambiguous_body",
