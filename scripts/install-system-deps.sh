@@ -15,6 +15,9 @@ declare -A need=(
   [keepalived]=keepalived
   [logrotate]=logrotate
   [systemd-analyze]=systemd
+  # Browser sign-in tests: headless Chromium driven by selenium.
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!need[@]}"; do

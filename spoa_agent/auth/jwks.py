@@ -36,7 +36,7 @@ class KeyFetchError(Exception):
     """The keys could not be fetched or read (the message names the URL)."""
 
 
-def check_url(url: str, what: str) -> str:
+def check_url(url: object, what: str) -> str:
     """An https URL, or http to a loopback address (a provider on the same host)."""
     if not isinstance(url, str):
         raise ValueError(f"{what} must be a URL string")
