@@ -4,8 +4,9 @@ The cookie's value is a 256-bit random secret; Redis holds its SHA-256 (the
 session id operators see), so neither Redis nor `session list` can hand a
 session to anyone. Each use reads the record (no cache in the agent), so a
 revocation is refused by every agent at the next request. The record
-expires after the idle lifetime without use (each use extends it, never past
-the absolute lifetime). Commands touch one key each: fine on a Redis Cluster.
+expires after the idle lifetime without use (each use extends it; past
+the absolute lifetime it is refused). Commands touch one key each: fine on a
+Redis Cluster.
 """
 
 from __future__ import annotations
@@ -83,17 +84,15 @@ class SessionStore:
         if not secret or len(secret) > 100:
             return None
         session_id = digest(secret)
-        raw = await self.client.get(session_key(session_id))
+        # One round trip: read and extend the idle lifetime together (a
+        # revoked, deleted record stays deleted). Past its absolute lifetime
+        # the record may linger up to `idle`, refused by the check below.
+        raw = await self.client.getex(session_key(session_id), ex=max(1, round(self.idle)))
         if raw is None:
             return None
         session = Session.from_json(raw)
-        now = time.time()
-        if session is None or session.id != session_id or now >= session.expires:
+        if session is None or session.id != session_id or time.time() >= session.expires:
             return None
-        ttl = max(1, round(min(self.idle, session.expires - now)))
-        # Only extends a record that is still there: a revocation since the
-        # read is not undone (EXPIRE on a deleted key does nothing).
-        await self.client.expire(session_key(session_id), ttl)
         return session
 
     async def end(self, secret: str) -> None:
