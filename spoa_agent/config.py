@@ -322,7 +322,7 @@ def _ratelimit(reader: _Reader, data: Mapping[str, Any]) -> RateLimitConfig:
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)b?", re.I)
 _SIZE_UNIT = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _ROUTE_KEYS = {"path", "prefix", "methods", "name", "rate", "host", "scopes", "auth",
-               "max_body", "model_in_body", "allow_groups", "allow_emails"}
+               "max_body", "model_in_body", "allow_groups", "allow_emails", "allow_claims"}
 
 
 def parse_size(value: object) -> int:
@@ -339,6 +339,16 @@ def _strings(reader: _Reader, value: object, where: str) -> frozenset[str]:
         reader.problem(where, 'must be a list of strings, like ["chat"]')
         return frozenset()
     return frozenset(value)
+
+
+def _claims(reader: _Reader, value: object,
+            where: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """allow_claims = { claim = ["value", ...] }, in a stable order."""
+    if not isinstance(value, dict):
+        reader.problem(where, 'must be a table, like { department = ["ml"] }')
+        return ()
+    return tuple(sorted((str(name), _strings(reader, values, f"{where}.{name}"))
+                        for name, values in value.items()))
 
 
 def _route(reader: _Reader, item: dict[str, Any], where: str) -> Route | None:
@@ -358,8 +368,8 @@ def _route(reader: _Reader, item: dict[str, Any], where: str) -> Route | None:
     if auth not in ("key", "none", "oidc"):
         reader.problem(f"{where}.auth", 'must be "key", "none" (own login) or "oidc" '
                        f"(browser sign-in), got {auth!r}")
-    if auth != "oidc" and ("allow_groups" in item or "allow_emails" in item):
-        reader.problem(where, 'allow_groups and allow_emails need auth = "oidc"')
+    if auth != "oidc" and ({"allow_groups", "allow_emails", "allow_claims"} & set(item)):
+        reader.problem(where, 'allow_groups, allow_emails and allow_claims need auth = "oidc"')
     max_body = None
     if "max_body" in item:
         try:
@@ -378,6 +388,7 @@ def _route(reader: _Reader, item: dict[str, Any], where: str) -> Route | None:
             allow_groups=_strings(reader, item.get("allow_groups", []), f"{where}.allow_groups"),
             allow_emails=frozenset(e.lower() for e in _strings(
                 reader, item.get("allow_emails", []), f"{where}.allow_emails")),
+            allow_claims=_claims(reader, item.get("allow_claims", {}), f"{where}.allow_claims"),
         )
     except RouteError as err:
         reader.problem(where, str(err))

@@ -9,7 +9,6 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import UTC, datetime
 
 import click
@@ -54,7 +53,7 @@ def list_sessions(ctx: click.Context, user: str | None, fmt: str) -> None:
     with _admin(ctx) as admin:
         found = admin.find(user)
     if fmt == "json":
-        click.echo(json.dumps([asdict(s) for s in found]))
+        click.echo(json.dumps([json.loads(s.to_json()) for s in found]))
         return
     click.echo(f"{'ID':<34}{'USER':<32}{'GROUPS':<24}{'CREATED':<22}EXPIRES")
     for s in found:

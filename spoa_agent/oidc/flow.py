@@ -110,10 +110,34 @@ def header_safe(text: str, limit: int = 500) -> str:
 
 
 def allowed(route: Route, session: Session) -> bool:
-    if not route.allow_groups and not route.allow_emails:
+    if not route.allow_groups and not route.allow_emails and not route.allow_claims:
         return True
     return bool(route.allow_groups.intersection(session.groups)) or (
-        session.email.lower() in route.allow_emails)
+        session.email.lower() in route.allow_emails) or any(
+        values.intersection(session.claim(name)) for name, values in route.allow_claims)
+
+
+# Claims that say nothing about who the user is, and the ones kept apart.
+_NOT_KEPT = frozenset({"iss", "aud", "exp", "iat", "nbf", "auth_time", "nonce", "at_hash",
+                       "c_hash", "azp", "sid", "jti", "acr", "amr", "sub", "email"})
+MAX_CLAIMS = 30  # claims kept per session, 20 values each, 200 characters a value
+
+
+def kept_claims(claims: dict[str, Any],
+                groups_claim: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The ID token's claims with text values (a string, number, boolean or a
+    list of strings), for routes' allow_claims; bounded in size."""
+    kept: list[tuple[str, tuple[str, ...]]] = []
+    for name, value in sorted(claims.items()):
+        if name in _NOT_KEPT or name == groups_claim or len(kept) >= MAX_CLAIMS:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if isinstance(value, str | int | float):
+            value = [str(value)]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            kept.append((str(name)[:100], tuple(v[:200] for v in value[:20])))
+    return tuple(kept)
 
 
 def answer(status: int, *, location: str = "", cookies: tuple[str, ...] = (), page: str = "",
@@ -253,7 +277,8 @@ class OidcFlow:
         name = claims.get("preferred_username") or email or claims["sub"]
         secret, session = await self.store.create(
             str(claims["sub"]), str(email) if isinstance(email, str) else "",
-            tuple(str(g) for g in groups) if isinstance(groups, list) else (), str(name))
+            tuple(str(g) for g in groups) if isinstance(groups, list) else (), str(name),
+            kept_claims(claims, self.settings.groups_claim))
         metrics.OIDC_LOGINS.labels("success").inc()
         self.log.info("login_succeeded", ip=str(request.ip), host=request.host,
                       principal=session.email or session.name, session_id=session.id)

@@ -47,9 +47,19 @@ class Session:
     name: str
     created: float
     expires: float  # absolute: the idle lifetime runs out earlier unless used
+    # The ID token's other claims with text values, for routes' allow_claims.
+    claims: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = asdict(self)
+        data["claims"] = {name: list(values) for name, values in self.claims}
+        return json.dumps(data)
+
+    def claim(self, name: str) -> tuple[str, ...]:
+        for claim, values in self.claims:
+            if claim == name:
+                return values
+        return ()
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Session | None:
@@ -57,7 +67,9 @@ class Session:
             data = json.loads(raw)
             return cls(id=str(data["id"]), sub=str(data["sub"]), email=str(data["email"]),
                        groups=tuple(str(g) for g in data["groups"]), name=str(data["name"]),
-                       created=float(data["created"]), expires=float(data["expires"]))
+                       created=float(data["created"]), expires=float(data["expires"]),
+                       claims=tuple((str(k), tuple(str(v) for v in vs))
+                                    for k, vs in dict(data.get("claims", {})).items()))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -68,12 +80,14 @@ class SessionStore:
     def __init__(self, client: Any, idle: float, absolute: float) -> None:
         self.client, self.idle, self.absolute = client, idle, absolute
 
-    async def create(self, sub: str, email: str, groups: tuple[str, ...],
-                     name: str) -> tuple[str, Session]:
+    async def create(self, sub: str, email: str, groups: tuple[str, ...], name: str,
+                     claims: tuple[tuple[str, tuple[str, ...]], ...] = ()
+                     ) -> tuple[str, Session]:
         """A new session: the cookie's secret (for the browser only) and the record."""
         secret = new_secret()
         now = time.time()
-        session = Session(digest(secret), sub, email, groups, name, now, now + self.absolute)
+        session = Session(digest(secret), sub, email, groups, name, now, now + self.absolute,
+                          claims)
         ttl = max(1, round(min(self.idle, self.absolute)))
         await self.client.set(session_key(session.id), session.to_json(), ex=ttl)
         await self.client.zadd(INDEX, {session.id: session.expires})

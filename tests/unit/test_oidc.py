@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from spoa_agent.config import ConfigError, parse_config
-from spoa_agent.oidc.flow import OidcRequest, allowed, answer, cookie, header_safe
+from spoa_agent.oidc.flow import (
+    OidcRequest,
+    allowed,
+    answer,
+    cookie,
+    header_safe,
+    kept_claims,
+)
 from spoa_agent.oidc.provider import challenge, derived
 from spoa_agent.oidc.sessions import Session, digest
 from spoa_agent.oidc.settings import read_secret
@@ -94,6 +101,30 @@ def test_who_may_enter() -> None:
     assert not allowed(emails, session((), "b@example.com"))
 
 
+def test_claim_values_may_let_in() -> None:
+    route = Route("/", frozenset({"GET"}), prefix=True, oidc=True,
+                  allow_groups=frozenset({"ai-users"}),
+                  allow_claims=(("department", frozenset({"ml", "research"})),))
+    ml = Session(digest("x"), "s", "a@example.com", (), "a", 0.0, 1e12,
+                 (("department", ("ml",)),))
+    sales = Session(digest("x"), "s", "a@example.com", (), "a", 0.0, 1e12,
+                    (("department", ("sales",)),))
+    assert allowed(route, ml) and not allowed(route, sales)
+    assert Session.from_json(ml.to_json()) == ml
+
+
+def test_the_claims_a_session_keeps() -> None:
+    claims = {"iss": "https://id", "aud": "gw", "nonce": "n", "sub": "s", "email": "e",
+              "groups": ["g"], "department": "ml", "roles": ["a", "b"], "admin": True,
+              "level": 3, "address": {"country": "FR"}, "mixed": ["a", 1]}
+    assert kept_claims(claims, "groups") == (
+        ("admin", ("true",)), ("department", ("ml",)), ("level", ("3",)),
+        ("roles", ("a", "b")))
+    many = {f"c{i:03}": "v" * 500 for i in range(100)}
+    kept = kept_claims(many, "groups")
+    assert len(kept) == 30 and all(len(v[0]) == 200 for _, v in kept)
+
+
 def test_identity_text_cannot_split_a_header() -> None:
     assert header_safe("eve\r\nX-Spoa-Email: admin@example.com") == \
         "eveX-Spoa-Email: admin@example.com"
@@ -123,15 +154,19 @@ def load(text: str) -> Any:
 
 
 def test_an_oidc_route_and_its_provider_load() -> None:
-    config = load(OIDC + BASE)
+    config = load(OIDC + BASE + 'allow_claims = { department = ["ml"], roles = ["a", "b"] }\n')
     route = config.routes[0]
     assert route.oidc and route.allow_groups == {"ai-users"}
+    assert route.allow_claims == (("department", frozenset({"ml"})),
+                                  ("roles", frozenset({"a", "b"})))
     assert config.oidc.client_id == "ai-gateway" and "zz-secret-zz" not in repr(config.oidc)
 
 
 @pytest.mark.parametrize(("text", "problem"), [
     (BASE, 'auth = "oidc" but there is no [oidc] table'),
-    (BASE.replace('auth = "oidc"', 'auth = "key"'), "allow_groups and allow_emails need"),
+    (BASE.replace('auth = "oidc"', 'auth = "key"'), "allow_groups, allow_emails and"),
+    (OIDC + BASE + 'allow_claims = ["ml"]\n', "allow_claims: must be a table"),
+    (OIDC + BASE + 'allow_claims = { department = "ml" }\n', "must be a list of strings"),
     (OIDC.replace("https://id.example.com", "http://id.example.com") + BASE, "must use https"),
     (OIDC.replace('client_id = "ai-gateway"', "") + BASE, "oidc.client_id: is required"),
     (OIDC + 'scopes = ["email"]\n' + BASE, 'scopes must include "openid"'),
