@@ -264,6 +264,9 @@ class OidcFlow:
             problem = "the callback came to another host than the sign-in started on"
         elif not params.get("code"):
             problem = "no code"
+        elif params.get("iss", [self.settings.issuer])[0] != self.settings.issuer:
+            # RFC 9207: a response from another provider (a mix-up attack).
+            problem = "the response names another issuer"
         if problem or record is None:
             return self._failed(request, problem, clear_login)
         redirect_uri = request.base + CALLBACK

@@ -102,5 +102,15 @@ allow_groups = ["ai-users"]
                            query="code=abc&state=forged", fetch_mode="navigate")
         assert (got["decision"], got["status"], got["oidc_page"]) == ("oidc", 400, "failed")
         assert "login_failed" in redis_gw.processes["agent"].log()
+        # A state that is real, but a response from another issuer (RFC 9207):
+        # refused, and the state used up.
+        start = oidc_request(peers[0], 25, fetch_mode="navigate")
+        state = str(start["oidc_location"]).split("state=")[1].split("&")[0]
+        login = str(start["oidc_cookie1"]).split(";")[0].split("=", 1)[1]
+        got = oidc_request(peers[0], 27, path="/.spoa-agent/oidc/callback",
+                           query=f"code=abc&state={state}&iss=https%3A%2F%2Fevil.example",
+                           fetch_mode="navigate", plain_login=login)
+        assert (got["status"], got["oidc_page"]) == (400, "failed")
+        assert "another issuer" in redis_gw.processes["agent"].log()
     finally:
         idp.stop()
