@@ -15,6 +15,9 @@ declare -A need=(
   [keepalived]=keepalived
   [logrotate]=logrotate
   [systemd-analyze]=systemd
+  # Browser sign-in tests: headless Chromium driven by selenium.
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -22,7 +25,20 @@ for cmd in "${!need[@]}"; do
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 
+# The OpenID provider the tests start (tests/oidc): npm's oidc-provider, at
+# the version package-lock.json pins. Needs Node 18+ (nodejs, npm).
+oidc_provider() {
+  local dir
+  dir="$(dirname "$0")/../tests/oidc"
+  if [ ! -d "$dir/node_modules/oidc-provider" ] && command -v npm >/dev/null 2>&1; then
+    echo "install-system-deps: npm ci in tests/oidc (oidc-provider)"
+    (cd "$dir" && npm ci --no-audit --no-fund --silent)
+  fi
+}
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+
 if [ ${#missing[@]} -eq 0 ]; then
+  oidc_provider
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -34,3 +50,4 @@ sudo=""
 echo "install-system-deps: installing ${missing[*]}"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+oidc_provider

@@ -26,6 +26,7 @@ from spoa_agent.auth import Authenticator, AuthFailure, Principal, VerifierPool
 from spoa_agent.auth.hashing import SecretHasher
 from spoa_agent.auth.jwt import JwtConfigError, JwtVerifier
 from spoa_agent.config import Config, ConfigError, load_config
+from spoa_agent.oidc import flow as oidc
 from spoa_agent.outcome import MODEL_LISTS, Outcome, Stage, models_var, render
 from spoa_agent.policy import Decision, RouteTable
 from spoa_agent.policy.access import check_access
@@ -53,7 +54,10 @@ CLIENT_ACTIONS: dict[Stage, str] = {"auth": "auth_failed", "policy": "policy_den
 GATEWAY_ACTIONS: dict[Stage, str] = {"auth": "auth_unavailable",
                                      "policy": "policy_unavailable",
                                      "limit": "ratelimit_unavailable",
-                                    "budget": "ratelimit_unavailable"}
+                                     "budget": "ratelimit_unavailable"}
+# No key on an auth = "oidc" route: HAProxy asks again with the browser's
+# cookies (oidc-request, spoa_agent/oidc), whose answer is logged.
+LOGIN_REQUIRED = Outcome(refuse(Reason.LOGIN_REQUIRED), "auth")
 
 
 class _KeyCheck(NamedTuple):
@@ -111,7 +115,9 @@ class RequestChecker:
         Each attribute is replaced whole, so a request sees either the old
         policy or the new one, never a mix of half of each."""
         routes = RouteTable(config.routes)
-        jwt = JwtVerifier(config.auth.issuers)  # reads key files: may fail, before any change
+        # Reads key files: may fail, before any change. Keys fetched from a
+        # URL are kept across a reload when the issuer's settings are the same.
+        jwt = JwtVerifier(config.auth.issuers, self.auth.jwt if self.auth else None, self.log)
         self.routes = routes
         self.limits = config.ratelimit
         # Budgets per model for every key: the body's model is read for each.
@@ -194,6 +200,10 @@ class RequestChecker:
         assert self.auth is not None
         token = request.credential
         if type(token) is Reason:
+            if token is Reason.MISSING_CREDENTIAL and decision.route is not None \
+                    and decision.route.oidc:
+                # A browser signs in, whatever certificate it also showed.
+                return LOGIN_REQUIRED  # haproxy.cfg sends oidc-request (spoa_agent/oidc)
             if device is not None and token is Reason.MISSING_CREDENTIAL:
                 return Outcome(refuse(device.reason), "auth", key_id=device.key_id)
             return Outcome(refuse(token), "auth")
@@ -267,7 +277,9 @@ class RequestChecker:
                                elapsed / 1e9)
         if not decision.allowed:
             reason = decision.reason
-            if isinstance(reason, Reason) and reason.gateway_fault:
+            if reason is Reason.LOGIN_REQUIRED:
+                pass  # not an answer yet: the oidc-request that follows is logged
+            elif isinstance(reason, Reason) and reason.gateway_fault:
                 self._log("error", GATEWAY_ACTIONS[outcome.stage], outcome, request, elapsed)
             else:
                 self._log("warning", CLIENT_ACTIONS[outcome.stage], outcome, request, elapsed)
@@ -308,6 +320,7 @@ def build_agent(config: Config, log: Any) -> Agent:
         authenticator = Authenticator(config.auth, None, verifier, log)
     checker = RequestChecker(config, authenticator, log)
     agent.register_values(CHECK_REQUEST, ARGS, checker.check_values)
+    oidc.register(agent, config, checker, log)  # browser sign-in, with an [oidc] table
     if config.metrics.listen is not None:
         _serve_metrics(agent, config, checker, log)
 

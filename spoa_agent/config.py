@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from spoa_agent.auth import Argon2Params, AuthSettings, JwtConfigError
+from spoa_agent.auth.jwks import check_url
 from spoa_agent.auth.jwt import JwtVerifier, load_issuer
 from spoa_agent.auth.keys import validate_prefix
 from spoa_agent.logging import LEVELS
+from spoa_agent.oidc.settings import OidcSettings, read_secret
 from spoa_agent.policy import PRESET_NAMES, Route, RouteError, RouteTable, preset_routes
 from spoa_agent.ratelimit.limits import OnRedisError, Rate, parse_rate, parse_token_budget
 from spoa_agent.ratelimit.settings import LimitSpec, RateLimitConfig
@@ -72,6 +74,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     usage: UsageSettings = field(default_factory=UsageSettings)
     routes: tuple[Route, ...] = ()
+    oidc: OidcSettings | None = None  # [oidc]: browser sign-in for auth = "oidc" routes
     # `deny_all = true`: no routes on purpose; without it a file with none is an error.
     deny_all: bool = False
     source: str = "<defaults>"
@@ -234,7 +237,8 @@ def _auth(reader: _Reader, data: Mapping[str, Any], jwt: Mapping[str, Any]) -> A
             reader.problem(where, "must be a table")
             continue
         reader.unknown(item, {"issuer", "algorithms", "audience", "pem_file", "jwks_file",
-                              "scopes_claim", "leeway"}, where)
+                              "scopes_claim", "leeway", "jwks_url", "discovery",
+                              "jwks_max_age", "jwks_min_refresh", "jwks_timeout"}, where)
         try:
             issuer = load_issuer(item)
             JwtVerifier((issuer,))  # its key files must be readable now, not at first use
@@ -350,7 +354,7 @@ def _token_budget(reader: _Reader, data: Mapping[str, Any]) -> dict[str, Any]:
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)b?", re.I)
 _SIZE_UNIT = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _ROUTE_KEYS = {"path", "prefix", "methods", "name", "rate", "host", "scopes", "auth",
-               "max_body", "model_in_body"}
+               "max_body", "model_in_body", "allow_groups", "allow_emails", "allow_claims"}
 
 
 def parse_size(value: object) -> int:
@@ -369,6 +373,16 @@ def _strings(reader: _Reader, value: object, where: str) -> frozenset[str]:
     return frozenset(value)
 
 
+def _claims(reader: _Reader, value: object,
+            where: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """allow_claims = { claim = ["value", ...] }, in a stable order."""
+    if not isinstance(value, dict):
+        reader.problem(where, 'must be a table, like { department = ["ml"] }')
+        return ()
+    return tuple(sorted((str(name), _strings(reader, values, f"{where}.{name}"))
+                        for name, values in value.items()))
+
+
 def _route(reader: _Reader, item: dict[str, Any], where: str) -> Route | None:
     reader.unknown(item, _ROUTE_KEYS, where)
     if ("path" in item) == ("prefix" in item):
@@ -383,8 +397,11 @@ def _route(reader: _Reader, item: dict[str, Any], where: str) -> Route | None:
         reader.problem(f"{where}.methods", "is required: a list like [\"GET\", \"POST\"]")
         return None
     auth = item.get("auth", "key")
-    if auth not in ("key", "none"):
-        reader.problem(f"{where}.auth", f'must be "key" or "none" (own login), got {auth!r}')
+    if auth not in ("key", "none", "oidc"):
+        reader.problem(f"{where}.auth", 'must be "key", "none" (own login) or "oidc" '
+                       f"(browser sign-in), got {auth!r}")
+    if auth != "oidc" and ({"allow_groups", "allow_emails", "allow_claims"} & set(item)):
+        reader.problem(where, 'allow_groups, allow_emails and allow_claims need auth = "oidc"')
     max_body = None
     if "max_body" in item:
         try:
@@ -399,9 +416,52 @@ def _route(reader: _Reader, item: dict[str, Any], where: str) -> Route | None:
             scopes=_strings(reader, item.get("scopes", []), f"{where}.scopes"),
             public=auth == "none", max_body=max_body,
             model_in_body=bool(item.get("model_in_body", False)),
+            oidc=auth == "oidc",
+            allow_groups=_strings(reader, item.get("allow_groups", []), f"{where}.allow_groups"),
+            allow_emails=frozenset(e.lower() for e in _strings(
+                reader, item.get("allow_emails", []), f"{where}.allow_emails")),
+            allow_claims=_claims(reader, item.get("allow_claims", {}), f"{where}.allow_claims"),
         )
     except RouteError as err:
         reader.problem(where, str(err))
+        return None
+
+
+_OIDC_KEYS = {"issuer", "client_id", "client_secret", "client_secret_file", "scopes",
+              "groups_claim", "algorithms", "idle_lifetime", "absolute_lifetime", "timeout",
+              "leeway"}
+
+
+def _oidc(reader: _Reader, data: object) -> OidcSettings | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        reader.problem("oidc", "must be a table")
+        return None
+    reader.unknown(data, _OIDC_KEYS, "oidc")
+    d = OidcSettings("https://x", "x")
+    for key in ("issuer", "client_id"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            reader.problem(f"oidc.{key}", "is required: a string")
+            return None
+    try:
+        check_url(data["issuer"], "oidc.issuer")
+        secret = read_secret(data.get("client_secret"), data.get("client_secret_file"))
+        return OidcSettings(
+            issuer=data["issuer"], client_id=data["client_id"], client_secret=secret,
+            scopes=tuple(data["scopes"]) if "scopes" in data and _strings(
+                reader, data["scopes"], "oidc.scopes") else d.scopes,
+            groups_claim=str(data.get("groups_claim", d.groups_claim)),
+            algorithms=tuple(sorted(_strings(reader, data["algorithms"], "oidc.algorithms")))
+            if "algorithms" in data else d.algorithms,
+            idle_lifetime=reader.seconds(data, "idle_lifetime", "oidc", d.idle_lifetime),
+            absolute_lifetime=reader.seconds(data, "absolute_lifetime", "oidc",
+                                             d.absolute_lifetime),
+            timeout=reader.seconds(data, "timeout", "oidc", d.timeout),
+            leeway=reader.seconds(data, "leeway", "oidc", d.leeway),
+        )
+    except ValueError as err:
+        reader.problem("oidc", str(err))
         return None
 
 
@@ -518,7 +578,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     problems: list[str] = []
     reader = _Reader(source, problems)
     reader.unknown(data, {"server", "log", "redis", "auth", "jwt", "ratelimit", "metrics",
-                          "usage", "presets", "routes", "deny_all"}, "")
+                          "usage", "presets", "routes", "deny_all", "oidc"}, "")
     config = Config(
         server=_server(reader, reader.table(data, "server", "server")),
         log=_log(reader, reader.table(data, "log", "log")),
@@ -531,7 +591,12 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
                        _declared_scopes(reader, reader.table(data, "auth", "auth"))),
         source=source,
     )
-    config = replace(config, deny_all=_deny_all(reader, data, config.routes))
+    config = replace(config, deny_all=_deny_all(reader, data, config.routes),
+                     oidc=_oidc(reader, data.get("oidc")))
+    if config.oidc is None and any(route.oidc for route in config.routes):
+        reader.problem("routes", 'a route has auth = "oidc" but there is no [oidc] table')
+    if not config.auth.required and any(route.oidc for route in config.routes):
+        reader.problem("auth.required", 'must be true with auth = "oidc" routes')
     budgets = config.ratelimit.tokens_per_key is not None or config.ratelimit.tokens_per_model
     if budgets and config.usage.listen is None:
         reader.problem("ratelimit.tokens_per_key", "token budgets are charged from the usage "

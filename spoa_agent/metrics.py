@@ -104,6 +104,13 @@ REDIS_ERRORS = Counter("spoa_redis_errors", "Failed Redis calls, by purpose", ["
                        registry=REGISTRY)
 BREAKER_OPEN = Gauge("spoa_ratelimit_breaker_open", "1 while the rate limiter does not "
                      "call Redis", registry=REGISTRY)
+# Browser sign-in (spoa_agent/oidc): sign-ins by result, and the sessions
+# in Redis (every agent reports the same figure, read every SESSIONS_EVERY s).
+OIDC_LOGINS = Counter("spoa_oidc_logins", "Browser sign-ins, by result (redirect: sent to "
+                      "the provider; success; failed: a bad callback; error: the provider "
+                      "unreachable)", ["result"], registry=REGISTRY)
+SESSIONS = Gauge("spoa_sessions", "Browser sessions in Redis (not yet past their absolute "
+                 "lifetime)", registry=REGISTRY)
 
 
 def count_decision(outcome: str, reason: str, seconds: float) -> None:

@@ -54,6 +54,10 @@ class Reason(StrEnum):
     MISSING_CLAIM = "missing_claim", 401, "invalid_api_key"
     BAD_SIGNATURE = "bad_signature", 401, "invalid_api_key"
     INVALID_TOKEN = "invalid_token", 401, "invalid_api_key"
+    # A route with auth = "oidc" and no key: HAProxy asks the agent again
+    # (oidc-request) with the browser's cookies; never the final answer
+    # unless haproxy.cfg lacks that step.
+    LOGIN_REQUIRED = "login_required", 401, "missing_api_key"
 
     # --- the request itself (400, 411, 413, 415) ---
     AMBIGUOUS_HOST = "ambiguous_host", 400, "ambiguous_host"
@@ -71,6 +75,8 @@ class Reason(StrEnum):
     ROUTE_NOT_ALLOWED_FOR_KEY = "route_not_allowed_for_key", 403, "endpoint_not_allowed_for_key"
     MISSING_SCOPE = "missing_scope", 403, "insufficient_scope"
     MODEL_NOT_ALLOWED = "model_not_allowed", 403, "model_not_allowed"
+    # A signed-in user outside the route's allow_groups / allow_emails.
+    USER_NOT_ALLOWED = "user_not_allowed", 403, "user_not_allowed"
     # A key limited to some models asked for another by name (/v1/models/X):
     # to that key it does not exist, as a server without it would answer.
     MODEL_NOT_FOUND = "model_not_found", 404, "model_not_found"
@@ -85,6 +91,10 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable", 503, "temporarily_unavailable"
     AUTH_OVERLOADED = "auth_overloaded", 503, "temporarily_unavailable"
     RATELIMIT_UNAVAILABLE = "ratelimit_unavailable", 503, "temporarily_unavailable"
+    # A JWT issuer's keys (jwks_url, discovery) could not be fetched.
+    JWKS_UNAVAILABLE = "jwks_unavailable", 503, "temporarily_unavailable"
+    # Browser sessions are kept in Redis, which cannot be reached.
+    SESSION_UNAVAILABLE = "session_unavailable", 503, "temporarily_unavailable"
 
 
 # Refusals HAProxy makes by itself (haproxy.cfg's txn.gateway_deny), rendered

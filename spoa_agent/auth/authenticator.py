@@ -124,7 +124,7 @@ class Authenticator:
         self.settings = settings
         self.lookup = lookup
         self.verifier = verifier
-        self.jwt = JwtVerifier(settings.issuers)
+        self.jwt = JwtVerifier(settings.issuers, log=log)
         self.log = log
         self.clock = clock
         self.verified: TtlLru[bytes, Principal] = TtlLru(settings.cache_size, settings.cache_ttl)
@@ -173,7 +173,7 @@ class Authenticator:
         verified = self.jwt.verify(token)
         if type(verified) is Principal:
             self.verified.put(digest, verified, now)
-        return verified
+        return verified  # None: the issuer's keys must be fetched (verify_slow)
 
     def _cached(self, digest: bytes, now: float) -> Principal | AuthFailure | None:
         principal = self.verified.get(digest, now)
@@ -192,7 +192,13 @@ class Authenticator:
     async def verify_slow(self, token: str, source: str | None = None) -> Principal | AuthFailure:
         """Redis lookup and argon2id for a well-formed key quick() had no answer for.
 
-        `source`: the client's address; None for no per-address limit."""
+        `source`: the client's address; None for no per-address limit.
+        A JWT whose issuer's keys must be fetched first comes here too."""
+        if not looks_like_key(token, self.settings.key_prefix):
+            verified = await self.jwt.verify_fetching(token)
+            if type(verified) is Principal:
+                self.verified.put(token_digest(token), verified, self.clock())
+            return verified
         digest = token_digest(token)
         running = self._checking.get(digest)
         if running is not None:

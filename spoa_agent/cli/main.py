@@ -19,6 +19,7 @@ from spoa_agent.cli.device import device
 from spoa_agent.cli.doctor import doctor
 from spoa_agent.cli.install import files, setup, uninstall
 from spoa_agent.cli.secret_input import read_secret
+from spoa_agent.cli.session import session
 from spoa_agent.cli.token import token
 from spoa_agent.cli.usage import usage
 from spoa_agent.config import ENV_CONFIG, Config, ConfigError, load_config, parse_listen
@@ -246,7 +247,7 @@ def config_validate(ctx: click.Context, path: str | None) -> None:
 cli.add_command(token)
 cli.add_command(device)
 cli.add_command(doctor)
-for command in (files, setup, uninstall, usage):
+for command in (files, setup, uninstall, usage, session):
     cli.add_command(command)
 
 

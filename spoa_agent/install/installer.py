@@ -118,7 +118,8 @@ def planned_files(executable: Path, redis_url: str | None,
         SHIPPED_EXECUTABLE.encode(), str(executable).encode())
     gateway = [FileSpec(layout.GATEWAY_DIR / name, shipped_bytes(name))
                for name in ("haproxy/haproxy.cfg", "haproxy/spoe-agent.conf",
-                            "haproxy/hosts.map", "lua/spoa_deny.lua", "lua/spoa_usage.lua")]
+                            "haproxy/hosts.map", "lua/spoa_deny.lua", "lua/spoa_usage.lua",
+                            "lua/spoa_oidc.lua")]
     fail2ban = [FileSpec(layout.FAIL2BAN_DIR / name, shipped_bytes(f"fail2ban/{name}"))
                 for name in ("filter.d/spoa-agent.conf", "action.d/haproxy-spoa.conf",
                              "jail.d/spoa-agent.local")]

@@ -44,6 +44,15 @@ class Route:
     prefix: bool = False
     scopes: frozenset[str] = frozenset()  # a key needs all of them
     public: bool = False  # the upstream does its own login: no key asked for
+    # auth = "oidc": a browser without a key signs in (spoa_agent/oidc), and
+    # its session's user must be in one of these groups, have one of these
+    # emails or one of the claim values below (all empty: any user of the
+    # provider).
+    oidc: bool = False
+    allow_groups: frozenset[str] = frozenset()
+    allow_emails: frozenset[str] = frozenset()
+    # ...or an ID token claim holding one of these values: (claim, values) pairs.
+    allow_claims: tuple[tuple[str, frozenset[str]], ...] = ()
     max_body: int | None = None  # bytes (Content-Length)
     model_in_body: bool = False  # the JSON body names a model: key model lists apply
     preset: str = ""  # where it came from, for messages

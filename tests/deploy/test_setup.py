@@ -38,6 +38,7 @@ INSTALLED = {
     "etc/haproxy/spoa-gateway/haproxy/hosts.map",
     "etc/haproxy/spoa-gateway/lua/spoa_deny.lua",
     "etc/haproxy/spoa-gateway/lua/spoa_usage.lua",
+    "etc/haproxy/spoa-gateway/lua/spoa_oidc.lua",
     "var/lib/haproxy/spoa-banned.lst",
     "etc/systemd/system/spoa-agent.service",
     "etc/systemd/system/haproxy.service.d/spoa-gateway.conf",

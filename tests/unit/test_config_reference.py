@@ -36,6 +36,7 @@ EVERY_TABLE: dict[str, Any] = {
     "ratelimit": {"per_key": {}, "per_ip": {}, "global": {}},
     "presets": [{}],
     "routes": [{}],
+    "oidc": {},
 }
 
 # A row of a settings table: its first cell is the dotted name in backticks.

@@ -64,4 +64,5 @@ def test_the_lua_knows_no_reason_the_gateway_never_gives() -> None:
 
 def test_gateway_faults_are_the_5xx_reasons() -> None:
     assert {r for r in Reason if r.gateway_fault} == {
-        Reason.STORE_UNAVAILABLE, Reason.AUTH_OVERLOADED, Reason.RATELIMIT_UNAVAILABLE}
+        Reason.STORE_UNAVAILABLE, Reason.AUTH_OVERLOADED, Reason.RATELIMIT_UNAVAILABLE,
+        Reason.JWKS_UNAVAILABLE, Reason.SESSION_UNAVAILABLE}
