@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from spoa_agent.auth.jwks import KeyFetchError, fetch_keys
 from spoa_agent.config import Config, ConfigError, load_config
 from spoa_agent.install import layout
 from spoa_agent.spop import (
@@ -788,7 +789,7 @@ def usage_check(addr: str | None) -> Check:
 
 
 NODE_CHECKS = ("config", "agent", "usage", "haproxy-backend", "haproxy-config", *REDIS_NAMES,
-               "fail2ban", "fail2ban-banlist", "tls")
+               "fail2ban", "fail2ban-banlist", "tls", "identity-providers")
 URL_CHECKS = ("no-key", "blocked", "key", "upstream-exposed")
 ALL_CHECKS = NODE_CHECKS + URL_CHECKS
 
@@ -820,8 +821,38 @@ def node_probes(node: Node, config: Config | None, haproxy: str, fail2ban: str,
               lambda: fail2ban_banlist_check(fail2ban, fail2ban_socket, node.banlist)),
         Probe(("tls",), lambda: tls_check(node.cert_dir,
                                           client_ca=node.haproxy_env.get("TLS_CLIENT_CA"))),
+        Probe(("identity-providers",), lambda: identity_providers_check(config)),
     ]
     return probes
+
+
+def identity_providers_check(config: Config | None) -> Check:
+    """The OpenID provider ([oidc]) and the JWT issuers whose keys come from a
+    URL: each answers with its signing keys, as the agent will ask."""
+    if config is None:
+        return Check("identity-providers", False, "the config did not load",
+                     "fix the config check first")
+    wanted = [(issuer.issuer, issuer.jwks_url, issuer.jwks_timeout)
+              for issuer in config.auth.issuers if issuer.jwks_url or issuer.discovery]
+    if config.oidc is not None:
+        wanted.append((config.oidc.issuer, None, config.oidc.timeout))
+    if not wanted:
+        return Check("identity-providers", True, "none configured (no [oidc], no jwks_url)")
+    found, problems = [], []
+    for issuer, url, timeout in wanted:
+        try:
+            keys = fetch_keys(url, issuer, min(timeout, CHECK_TIMEOUT - 1))
+        except KeyFetchError as err:
+            problems.append(str(err))
+        else:
+            found.append(f"{issuer}: {len(keys)} key(s)")
+    if problems:
+        return Check("identity-providers", False, "; ".join(problems),
+                     "the agent keeps the keys it last fetched, but cannot check a token or "
+                     "a sign-in signed with a key it never saw (503 jwks_unavailable): make "
+                     "the provider reachable from this host, or fix its URL "
+                     "(docs/api-keys.md#jwts, docs/oidc.md)")
+    return Check("identity-providers", True, "; ".join(found))
 
 
 def _reaching(name: str, gateway: GatewayUrl, check: Callable[[], Check]) -> Callable[[], Check]:

@@ -14,7 +14,9 @@ from typing import Any
 import jwt
 import pytest
 
+from spoa_agent.config import load_config
 from spoa_agent.demo.stack import Gateway
+from spoa_agent.install.doctor import identity_providers_check
 from spoa_agent.spop import Ack, SetVar
 from tests.conftest import EXAMPLE_CONFIG
 from tests.oidc import Provider, signing_key
@@ -112,3 +114,22 @@ jwks_min_refresh = 60
     for stream in range(3, 13, 2):
         forged = answer(peer, stream, sign_with(signing_key(f"evil{stream}"), provider.issuer))
         assert (forged["status"], forged["reason"]) == (401, "unknown_kid")
+
+
+def test_doctor_checks_each_provider_answers_with_its_keys(provider: Provider,
+                                                            tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(EXAMPLE_CONFIG.read_text() + f'''
+[[jwt.issuers]]
+issuer = "{provider.issuer}"
+audience = "ai-gateway"
+algorithms = ["ES256"]
+discovery = true
+''')
+    loaded = load_config(config, env={})
+    check = identity_providers_check(loaded)
+    assert check.ok and check.detail == f"{provider.issuer}: 1 key(s)"
+    provider.stop()
+    down = identity_providers_check(loaded)
+    assert not down.ok and provider.issuer in down.detail and "jwks_unavailable" in down.fix
+    assert identity_providers_check(load_config(EXAMPLE_CONFIG, env={})).ok  # none: nothing to do
