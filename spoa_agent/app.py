@@ -34,7 +34,7 @@ from spoa_agent.ratelimit.limiter import RateLimiter, Verdict
 from spoa_agent.ratelimit.limits import Limit, OnRedisError
 from spoa_agent.ratelimit.plan import plan_limits
 from spoa_agent.reasons import Reason
-from spoa_agent.request import ARGS, CheckRequest
+from spoa_agent.request import ARGS, CheckRequest, credential
 from spoa_agent.server import Actions, Agent, Later
 from spoa_agent.server.workers import worker_index
 from spoa_agent.spop import Message, Value
@@ -159,7 +159,7 @@ class RequestChecker:
             # No keys here, or the upstream does its own login (its own
             # Authorization header must reach it untouched).
             return self.after_auth(request, decision, None)
-        token = request.credential
+        token = credential(request.authorization, request.api_key)
         if type(token) is Reason:
             return Outcome(refuse(token), "auth")
         assert isinstance(token, str)
@@ -209,8 +209,9 @@ class RequestChecker:
         if not verdict.admitted:
             assert verdict.reason is not None
             decision, stage = refuse(verdict.reason, decision.rule), "limit"
-        return Outcome(decision, stage, step.principal, "", verdict,
-                       self._in_flight_for(step.principal))
+        principal = step.principal
+        return Outcome(decision, stage, principal, "", verdict, 0 if principal is None else
+                       principal.max_in_flight or self.limits.per_key_in_flight)
 
     def _in_flight_for(self, principal: Principal | None) -> int:
         if principal is None:
