@@ -116,8 +116,10 @@ def compile_schemas(schemas: Mapping[str, Sequence[str]]) -> Schemas:
     return compiled
 
 
-@dataclass(frozen=True, slots=True)
-class Notify:
+class Notify(NamedTuple):
+    """Built for every request, so a tuple rather than a frozen dataclass
+    (whose __init__ sets each field through object.__setattr__)."""
+
     stream_id: int
     frame_id: int
     messages: tuple[Message | MessageValues, ...]
@@ -144,10 +146,10 @@ class UnsetVar:
             raise ValueError("a variable needs a name")
 
 
-@dataclass(frozen=True, slots=True)
-class Encoded:
+class Encoded(NamedTuple):
     """Actions already encoded, for answers that repeat (an agent's decision
-    variables): an ACK copies their bytes instead of encoding them again."""
+    variables): an ACK copies their bytes instead of encoding them again.
+    Built for most answers, so a tuple (see Notify)."""
 
     data: bytes
 
