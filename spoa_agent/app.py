@@ -178,6 +178,8 @@ class RequestChecker:
         if not decision.allowed:
             return Outcome(decision, "policy", principal)
         if self.limiter is None:
+            if principal is None:  # routes only: nothing more to tell
+                return Outcome(decision, "allowed")
             return Outcome(decision, "allowed", principal,
                            max_in_flight=self._in_flight_for(principal))
         limits = self._plan(principal, request.ip, decision)

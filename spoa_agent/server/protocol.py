@@ -51,6 +51,7 @@ MESSAGES_PER_TURN = 64
 # handling its frames until the buffer is under WRITE_LOW again.
 WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
+_FRAME_COUNTS, _NOTIFY = metrics.FRAMES.counts, ("notify",)
 # Why a connection's frames are not handled now (bits of SpopProtocol._stalled).
 _IN_FLIGHT = 1  # max_in_flight of its NOTIFYs are being handled
 _WRITE_FULL = 2  # its peer is not reading: our write buffer is over WRITE_HIGH
@@ -131,7 +132,16 @@ class SpopProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
-        self._pump_and_write()
+        # _pump_and_write(), inline: once per read.
+        if self._batch is None:
+            self._batch = []
+        try:
+            self._pump()
+        finally:
+            if self._batch:
+                self._flush()
+            else:  # nothing answered inline (answers come Later)
+                self._batch = None
 
     def _pump_and_write(self) -> None:
         # ACKs answered inline while handling the buffered frames leave in
@@ -223,8 +233,8 @@ class SpopProtocol(asyncio.Protocol):
         finally:
             # Counted once per read rather than once per frame: the same
             # total by the time anything (a scrape) reads it.
-            if notifies:
-                metrics.FRAMES.add(notifies, "notify")
+            if notifies:  # metrics.FRAMES.add(notifies, "notify"), inline
+                _FRAME_COUNTS[_NOTIFY] = _FRAME_COUNTS.get(_NOTIFY, 0) + notifies
 
     def _on_hello(self, hello: HaproxyHello) -> None:
         if self._hello_timer is not None:
