@@ -35,7 +35,7 @@ from spoa_agent.ratelimit.limiter import RateLimiter, Verdict
 from spoa_agent.ratelimit.limits import Limit, OnRedisError
 from spoa_agent.ratelimit.plan import plan_limits
 from spoa_agent.reasons import Reason
-from spoa_agent.request import ARGS, CheckRequest
+from spoa_agent.request import ARGS, CheckRequest, credential
 from spoa_agent.server import Actions, Agent, Later
 from spoa_agent.server.workers import worker_index
 from spoa_agent.spop import Message, Value
@@ -198,7 +198,7 @@ class RequestChecker:
     def _by_credential(self, request: CheckRequest, decision: Decision,
                        device: AuthFailure | None) -> Step:
         assert self.auth is not None
-        token = request.credential
+        token = credential(request.authorization, request.api_key)
         if type(token) is Reason:
             if token is Reason.MISSING_CREDENTIAL and decision.route is not None \
                     and decision.route.oidc:
@@ -225,6 +225,8 @@ class RequestChecker:
         if not decision.allowed:
             return Outcome(decision, "policy", principal)
         if self.limiter is None:
+            if principal is None:  # routes only: nothing more to tell
+                return Outcome(decision, "allowed")
             return Outcome(decision, "allowed", principal,
                            max_in_flight=self._in_flight_for(principal))
         limits = self._plan(principal, request.ip, decision)
@@ -256,11 +258,11 @@ class RequestChecker:
             assert verdict.reason is not None
             decision = refuse(verdict.reason, decision.rule)
             stage = "budget" if verdict.reason is Reason.TOKEN_BUDGET_EXHAUSTED else "limit"
-        limits = step.limits
+        principal, limits = step.principal, step.limits
         # plan_limits() puts the token budget last.
         budget = limits[-1] if limits and limits[-1].is_budget else None
-        return Outcome(decision, stage, step.principal, "", verdict,
-                       self._in_flight_for(step.principal), budget)
+        return Outcome(decision, stage, principal, "", verdict, 0 if principal is None else
+                       principal.max_in_flight or self.limits.per_key_in_flight, budget)
 
     def _in_flight_for(self, principal: Principal | None) -> int:
         if principal is None:

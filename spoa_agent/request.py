@@ -40,7 +40,7 @@ class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
     @property
     def credential(self) -> str | Reason:
         """The token, or why there is none usable (read only where a key is asked for)."""
-        return _token(self.authorization, self.api_key)
+        return credential(self.authorization, self.api_key)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Value]) -> CheckRequest:
@@ -67,10 +67,15 @@ class CheckRequest(NamedTuple):  # a tuple: built for every request, cheaply
         else:
             known = _ADDRESSES.get(id(ip))
             address = known[1] if known is not None and known[0] is ip else _address_text(ip)
+        # The credential headers come as BINARY (cut by bytes()): decoded
+        # here rather than in a call to _header().
+        if type(authorization) is bytes:
+            authorization = authorization.decode("utf-8", "surrogateescape")
+        elif authorization is not None:
+            authorization = _header(authorization)
         return cls(address, method, host if type(host) is str else "",
                    path if type(path) is str else "", agent if type(agent) is str else "",
-                   None if authorization is None else _header(authorization),
-                   None if api_key is None else _header(api_key), facts,
+                   authorization, None if api_key is None else _header(api_key), facts,
                    None if device is None else _fingerprint(device))
 
 
@@ -96,7 +101,7 @@ def _no_body(method: str) -> BodyFacts:
     return BodyFacts(method, None, None, None, b"")
 
 
-def _token(authorization: str | None, api_key: str | None) -> str | Reason:
+def credential(authorization: str | None, api_key: str | None) -> str | Reason:
     """The token from `Authorization: Bearer` or `x-api-key`, or why there is none."""
     raw = authorization if authorization is not None else api_key
     if raw is None:

@@ -258,7 +258,21 @@ class RateLimiter:
 
     @staticmethod
     async def _round_trip(connection: Any, packed: bytes) -> Any:
-        await connection.send_packed_command(packed)
+        if not connection.is_connected:
+            await connection.connect()
+        # redis-py bounds a write by its socket timeout with asyncio.wait_for,
+        # which on Python 3.11 makes a Task (and a turn of the loop) per
+        # send; asyncio.timeout bounds it here instead, with a timer on this
+        # task, and fails it with the same error. The read keeps redis-py's
+        # own timeout.
+        timeout, connection.socket_timeout = connection.socket_timeout, None
+        try:
+            async with asyncio.timeout(timeout):
+                await connection.send_packed_command(packed, check_health=False)
+        except TimeoutError:  # the connection is closed already (redis-py's send does it)
+            raise redis.TimeoutError("Timeout writing to socket") from None
+        finally:
+            connection.socket_timeout = timeout
         return await connection.read_response()
 
     def _answer(self, call: _Call, verdict: Verdict) -> None:
@@ -275,7 +289,7 @@ class RateLimiter:
         remaining and reset_us, then, if refused, retry_us per limit."""
         index, remaining = numbers[at + 1], numbers[at + 2]
         tightest = limits[index] if index < len(limits) else None
-        reset = _seconds_up(numbers[at + 3])
+        reset = -(-numbers[at + 3] // 1_000_000)  # _seconds_up(), inline: whole seconds, up
         if numbers[at] == 1:
             return Verdict(True, 200, None, tightest, remaining, reset)
         retry_us, refused_by = 0, limits[0]

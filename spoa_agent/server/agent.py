@@ -24,18 +24,35 @@ Actions = Sequence[Action]
 class Later:
     """An answer a handler gives later, with answer(actions), exactly once."""
 
-    __slots__ = ("_then", "result")
+    __slots__ = ("_owner", "_then", "result")
 
     def __init__(self) -> None:
         self._then: Callable[[Actions], None] | None = None
+        # The server's connection waiting on it, told owner(self, actions):
+        # the Later is its own waiting entry there (no object of the
+        # server's per request).
+        self._owner: Callable[[Later, Actions], None] | None = None
         self.result: Actions | None = None  # answered before anyone asked
 
     def answer(self, actions: Actions) -> None:
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            owner(self, actions)
+            return
         then, self._then = self._then, None
         if then is not None:
             then(actions)
         elif self.result is None:
             self.result = actions
+
+    def owned_by(self, owner: Callable[[Later, Actions], None]) -> None:
+        """then() for the server: owner(self, actions) once answered (at
+        once if it already is)."""
+        if self.result is not None:
+            owner(self, self.result)
+        else:
+            self._owner = owner
 
     def then(self, callback: Callable[[Actions], None]) -> None:
         """Call callback(actions) once answered (at once if it already is)."""

@@ -51,32 +51,28 @@ MESSAGES_PER_TURN = 64
 # handling its frames until the buffer is under WRITE_LOW again.
 WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
+_FRAME_COUNTS, _NOTIFY = metrics.FRAMES.counts, ("notify",)
 # Why a connection's frames are not handled now (bits of SpopProtocol._stalled).
 _IN_FLIGHT = 1  # max_in_flight of its NOTIFYs are being handled
 _WRITE_FULL = 2  # its peer is not reading: our write buffer is over WRITE_HIGH
 
 
 class _Waiting:
-    """A NOTIFY whose handlers answer Later: what is answered so far. Each
-    Later calls it with its actions; the last one sends the ACK."""
+    """A NOTIFY of several messages answered Later: what is answered so far.
+    Each Later calls it with its actions; the last one sends the ACK. (A
+    NOTIFY of one message, HAProxy's usual, waits on its Later itself.)"""
 
-    __slots__ = ("actions", "notify", "protocol", "remaining", "started")
+    __slots__ = ("actions", "protocol", "remaining")
 
-    def __init__(self, protocol: SpopProtocol, notify: Notify, actions: list[Action],
-                 remaining: int, started: float) -> None:
+    def __init__(self, protocol: SpopProtocol, actions: list[Action], remaining: int) -> None:
         self.protocol = protocol
-        self.notify = notify
         self.actions = actions
         self.remaining = remaining
-        self.started = started
 
     def __call__(self, actions: Actions) -> None:
         if self not in self.protocol._waiting:
             return  # answered already by the sweeper, or the connection is gone
         self.remaining -= 1
-        if not self.remaining and not self.actions:  # the usual: one message's answer
-            self.protocol._done_waiting(self, actions)
-            return
         self.actions.extend(actions)
         if not self.remaining:
             self.protocol._done_waiting(self, self.actions)
@@ -97,9 +93,13 @@ class SpopProtocol(asyncio.Protocol):
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        # NOTIFYs answered Later, oldest first (a dict as an ordered set), and
-        # the one timer that answers those past handler_timeout.
-        self._waiting: dict[_Waiting, None] = {}
+        # NOTIFYs answered Later, oldest first: the Later of a one-message
+        # NOTIFY, or a _Waiting, with its NOTIFY and when it came; and the
+        # one timer that answers those past handler_timeout.
+        self._waiting: dict[Later | _Waiting, tuple[Notify, float]] = {}
+        self._answered = self._done_waiting  # bound once, not per request
+        self._value_handlers = agent.value_handlers
+        self._max_in_flight = settings.max_in_flight
         self._sweeper: asyncio.TimerHandle | None = None
         self._deadlines: dict[asyncio.Task[None], asyncio.TimerHandle] = {}
         self._expired: set[asyncio.Task[None]] = set()  # cancelled by their deadline
@@ -132,7 +132,16 @@ class SpopProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
-        self._pump_and_write()
+        # _pump_and_write(), inline: once per read.
+        if self._batch is None:
+            self._batch = []
+        try:
+            self._pump()
+        finally:
+            if self._batch:
+                self._flush()
+            else:  # nothing answered inline (answers come Later)
+                self._batch = None
 
     def _pump_and_write(self) -> None:
         # ACKs answered inline while handling the buffered frames leave in
@@ -198,24 +207,18 @@ class SpopProtocol(asyncio.Protocol):
                 except SpopError as err:
                     self._fail(err)
                     return
-                kind = type(event)
-                if kind is Notify:
-                    assert isinstance(event, Notify)
+                if type(event) is Notify:  # narrows the type: no isinstance() per request
                     notifies += 1
                     budget -= len(event.messages) or 1
                     self._on_notify(event)
-                    if len(self.tasks) + len(self._waiting) >= self.settings.max_in_flight:
-                        self._stall(_IN_FLIGHT)
                 elif event is NEED_DATA:
                     if self._backlog:
                         self._backlog = False
                         self._set_reading()
                     return
-                elif kind is HaproxyHello:
-                    assert isinstance(event, HaproxyHello)
+                elif type(event) is HaproxyHello:
                     self._on_hello(event)
-                elif kind is HaproxyDisconnect:
-                    assert isinstance(event, HaproxyDisconnect)
+                elif type(event) is HaproxyDisconnect:
                     self.log.debug("spop_haproxy_disconnect", status=event.status,
                                    error=event.message)
                     self._disconnect(Status.NORMAL, "bye")
@@ -226,8 +229,8 @@ class SpopProtocol(asyncio.Protocol):
         finally:
             # Counted once per read rather than once per frame: the same
             # total by the time anything (a scrape) reads it.
-            if notifies:
-                metrics.FRAMES.add(notifies, "notify")
+            if notifies:  # metrics.FRAMES.add(notifies, "notify"), inline
+                _FRAME_COUNTS[_NOTIFY] = _FRAME_COUNTS.get(_NOTIFY, 0) + notifies
 
     def _on_hello(self, hello: HaproxyHello) -> None:
         if self._hello_timer is not None:
@@ -245,11 +248,22 @@ class SpopProtocol(asyncio.Protocol):
     def _on_notify(self, notify: Notify) -> None:
         messages = notify.messages
         if len(messages) == 1:  # HAProxy's usual NOTIFY: one message, no lists to build
-            result = self._handle(messages[0])
+            message = messages[0]
+            if type(message) is MessageValues:  # _handle(), inline
+                try:
+                    result = self._value_handlers[message.name](message.values)
+                except Exception:
+                    self.log.exception("handler_error", message=message.name)
+                    result = None
+            else:
+                result = self._handle(message)
             if result is None or type(result) is tuple or type(result) is list:
                 self._send_ack(notify, result or ())
             elif isinstance(result, Later):
-                self._wait_for(notify, [], [result])
+                # The Later is the waiting entry: no object of ours per request.
+                self._waiting[result] = (notify, self._loop.time())
+                self._waited()
+                result.owned_by(self._answered)
             else:
                 self._run(notify, [], [cast(Awaitable[Actions], result)])
             return
@@ -270,7 +284,11 @@ class SpopProtocol(asyncio.Protocol):
             pending.extend(_awaitable(each) for each in later)  # a mix: rare
             self._run(notify, actions, pending)
         elif later:
-            self._wait_for(notify, actions, later)
+            waiting = _Waiting(self, actions, len(later))
+            self._waiting[waiting] = (notify, self._loop.time())
+            self._waited()
+            for each in later:
+                each.then(waiting)
         else:
             self._send_ack(notify, actions)
 
@@ -295,24 +313,27 @@ class SpopProtocol(asyncio.Protocol):
         task = loop.create_task(self._finish(notify, actions, pending))
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
+        if len(self.tasks) + len(self._waiting) >= self._max_in_flight:
+            self._stall(_IN_FLIGHT)
         # One deadline for the whole NOTIFY, as HAProxy's `timeout processing`
         # has: a plain timer that cancels the task costs a fraction of an
         # asyncio.timeout() block per request.
         self._deadlines[task] = loop.call_later(self.settings.handler_timeout,
                                                 self._expire, task)
 
-    def _wait_for(self, notify: Notify, actions: list[Action], later: list[Later]) -> None:
-        waiting = _Waiting(self, notify, actions, len(later), self._loop.time())
-        self._waiting[waiting] = None
+    def _waited(self) -> None:
+        """A NOTIFY more waits on a Later."""
         if self._sweeper is None:
-            self._sweeper = self._loop.call_at(waiting.started + self.settings.handler_timeout,
+            self._sweeper = self._loop.call_at(self._loop.time() + self.settings.handler_timeout,
                                                self._sweep)
-        for each in later:
-            each.then(waiting)
+        if len(self.tasks) + len(self._waiting) >= self._max_in_flight:
+            self._stall(_IN_FLIGHT)
 
-    def _done_waiting(self, waiting: _Waiting, actions: Actions) -> None:
-        del self._waiting[waiting]
-        self._send_ack(waiting.notify, actions)
+    def _done_waiting(self, waiting: Later | _Waiting, actions: Actions) -> None:
+        entry = self._waiting.pop(waiting, None)
+        if entry is None:
+            return  # answered already by the sweeper, or the connection is gone
+        self._send_ack(entry[0], actions)
         if self._stalled or self._draining:
             self._settled()
 
@@ -323,12 +344,12 @@ class SpopProtocol(asyncio.Protocol):
         self._sweeper = None
         loop = asyncio.get_running_loop()
         expiry = loop.time() - self.settings.handler_timeout
-        for waiting in list(self._waiting):
-            if waiting.started > expiry:
-                self._sweeper = loop.call_at(waiting.started + self.settings.handler_timeout,
+        for waiting, (notify, started) in list(self._waiting.items()):
+            if started > expiry:
+                self._sweeper = loop.call_at(started + self.settings.handler_timeout,
                                              self._sweep)
                 return
-            self.log.error("handler_timeout", stream=waiting.notify.stream_id)
+            self.log.error("handler_timeout", stream=notify.stream_id)
             self._done_waiting(waiting, ())
 
     def _expire(self, task: asyncio.Task[None]) -> None:
@@ -376,7 +397,11 @@ class SpopProtocol(asyncio.Protocol):
             # HAProxy decide now (haproxy.cfg fails closed on missing vars).
             self.log.error("handler_bad_reply", error=str(err))
             data = self.conn.ack(notify.stream_id, notify.frame_id)
-        self._write(data)
+        batch = self._batch
+        if batch is not None:  # _write(), inline: in a read's turn, or a flush is queued
+            batch.append(data)
+        else:
+            self._write(data)
 
     # --- flow control and shutdown -----------------------------------------
 

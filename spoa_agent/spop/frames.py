@@ -34,6 +34,7 @@ from spoa_agent.spop.errors import SpopError
 
 _MAX_ARGS = 255  # NB-ARGS is one byte
 _LONG = 240  # a varint this large or larger takes more than one byte
+_VARINT_LAST = 128  # a varint's bytes after the first: under this, its last one
 # Plain ints: comparing with an enum member costs an attribute lookup each time.
 _STRING, _NULL = int(DataType.STRING), int(DataType.NULL)
 _BINARY, _IPV4 = int(DataType.BINARY), int(DataType.IPV4)
@@ -116,8 +117,10 @@ def compile_schemas(schemas: Mapping[str, Sequence[str]]) -> Schemas:
     return compiled
 
 
-@dataclass(frozen=True, slots=True)
-class Notify:
+class Notify(NamedTuple):
+    """Built for every request, so a tuple rather than a frozen dataclass
+    (whose __init__ sets each field through object.__setattr__)."""
+
     stream_id: int
     frame_id: int
     messages: tuple[Message | MessageValues, ...]
@@ -144,10 +147,10 @@ class UnsetVar:
             raise ValueError("a variable needs a name")
 
 
-@dataclass(frozen=True, slots=True)
-class Encoded:
+class Encoded(NamedTuple):
     """Actions already encoded, for answers that repeat (an agent's decision
-    variables): an ACK copies their bytes instead of encoding them again."""
+    variables): an ACK copies their bytes instead of encoding them again.
+    Built for most answers, so a tuple (see Notify)."""
 
     data: bytes
 
@@ -422,6 +425,14 @@ def decode_notify(buf: Buffer, pos: int, stream_id: int, frame_id: int,
                 elif kind == _NULL:
                     value = None
                     pos += 1
+                elif kind in _SIZED and buf[pos + 2] < _VARINT_LAST:
+                    # A length of two bytes, 240 to 2287: a JWT, a small body.
+                    start = pos + 3
+                    pos = start + buf[pos + 1] + (buf[pos + 2] << 4)
+                    if pos > end:
+                        raise SpopError(Status.INVALID_FRAME, "truncated string")
+                    value = buf[start:pos].decode("utf-8", "surrogateescape") \
+                        if kind == _STRING else buf[start:pos]
                 elif kind == _IPV4 and pos + 5 <= end:
                     value = _ipv4(buf[pos + 1 : pos + 5])
                     pos += 5

@@ -38,6 +38,9 @@ FRAMES: list[Frame] = [
     Notify(9, 3, (Message("check-request", {
         "authorization": b"Bearer " + b"k" * 232, "long": b"b" * 240, "body": b"",
         "ip": IPv4Address("192.0.2.1"), "text": "t" * 239, "longer": "t" * 240}),)),
+    # Lengths of two bytes (240 to 2287: a JWT) read inline too, three by the decoders.
+    Notify(13, 1, (Message("check-request", {
+        "authorization": b"Bearer " + b"j" * 600, "text": "t" * 2287, "body": b"b" * 2288}),)),
     # Values of one byte, without a length after their type, end the frame.
     Notify(10, 1, (Message("check-request", {"ip": IPv4Address("192.0.2.1"), "ok": True}),)),
     Notify(11, 1, (Message("check-request", {"empty": "", "off": False}),)),
@@ -99,9 +102,12 @@ def test_equal_values_of_different_types_keep_their_types() -> None:
         assert type(got.value) is type(value) and got.value == value
 
 
-@pytest.mark.parametrize("value", [b"\x09\x05abc", b"\x06\x7f\x00"])
+@pytest.mark.parametrize("value", [b"\x09\x05abc", b"\x06\x7f\x00", b"\x08\xf0\x10abc",
+                                   b"\x09\xf0"])
 def test_a_short_value_cut_short_is_an_invalid_frame(value: bytes) -> None:
-    # A BINARY of 5 bytes with 3 left, an IPv4 address with 2 of its 4 bytes.
+    # A BINARY of 5 bytes with 3 left, an IPv4 address with 2 of its 4 bytes,
+    # a STRING of 496 bytes (a two-byte length) with 3 left, a BINARY whose
+    # two-byte length is cut.
     frame = encode_frame(Notify(1, 1, (Message("m", {"a": None}),)))
     cut = frame[4:-1] + value  # the NULL replaced by the truncated value
     with pytest.raises(SpopError) as err:
