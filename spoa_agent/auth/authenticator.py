@@ -163,18 +163,9 @@ class Authenticator:
         # already, so the hot path skips even the checksum or the signature.
         now = self.clock()
         digest = blake2b(token.encode(), digest_size=16).digest()  # token_digest(), inline
-        principal = self.verified.get(digest, now)
-        if principal is not None:
-            _CACHE_COUNTS[_HIT] = _CACHE_COUNTS.get(_HIT, 0) + 1  # KEY_CACHE.inc("hit"), inline
-            if principal.expires_at is not None and now >= principal.expires_at:
-                reason = Reason.EXPIRED_KEY if principal.kind == "api_key" \
-                    else Reason.EXPIRED_TOKEN
-                return AuthFailure(reason, principal.id)
-            return principal
-        failure = self.failures.get(digest, now)
-        if failure is not None:
-            metrics.KEY_CACHE.inc("hit")
-            return failure
+        cached = self._cached(digest, now)
+        if cached is not None:
+            return cached
         metrics.KEY_CACHE.inc("miss")
         if is_key:
             try:
@@ -188,10 +179,10 @@ class Authenticator:
         return verified  # None: the issuer's keys must be fetched (verify_slow)
 
     def _cached(self, digest: bytes, now: float) -> Principal | AuthFailure | None:
-        """What the caches know of a credential (quick() has this inline)."""
+        """What the caches know of a credential: a key's, a JWT's or a device's."""
         principal = self.verified.get(digest, now)
         if principal is not None:
-            metrics.KEY_CACHE.inc("hit")
+            _CACHE_COUNTS[_HIT] = _CACHE_COUNTS.get(_HIT, 0) + 1  # KEY_CACHE.inc("hit"), inline
             if principal.expires_at is not None and now >= principal.expires_at:
                 reason = Reason.EXPIRED_KEY if principal.kind == "api_key" \
                     else Reason.EXPIRED_TOKEN

@@ -132,16 +132,7 @@ class SpopProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
-        # _pump_and_write(), inline: once per read.
-        if self._batch is None:
-            self._batch = []
-        try:
-            self._pump()
-        finally:
-            if self._batch:
-                self._flush()
-            else:  # nothing answered inline (answers come Later)
-                self._batch = None
+        self._pump_and_write()
 
     def _pump_and_write(self) -> None:
         # ACKs answered inline while handling the buffered frames leave in

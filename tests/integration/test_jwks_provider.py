@@ -36,6 +36,15 @@ def provider() -> Iterator[Provider]:
         idp.stop()
 
 
+def issuer_config(tmp_path: Path, provider: Provider, *settings: str) -> Path:
+    """The example config with the provider as a JWT issuer, and these settings."""
+    config = tmp_path / "agent.toml"
+    config.write_text(EXAMPLE_CONFIG.read_text() + "\n".join([
+        "[[jwt.issuers]]", f'issuer = "{provider.issuer}"', 'audience = "ai-gateway"',
+        'algorithms = ["ES256"]', *settings, ""]))
+    return config
+
+
 def sign_with(key: dict[str, Any], issuer: str, sub: str = "robot") -> str:
     """A token as the provider would sign it, with its key (the provider down)."""
     private = jwt.algorithms.ECAlgorithm.from_jwk(json.dumps(key))
@@ -53,15 +62,7 @@ def answer(peer: Peer, stream: int, token: str) -> dict[str, object]:
 
 def test_keys_from_discovery_follow_rotation_and_outlive_the_provider(
         redis_gw: Gateway, provider: Provider, tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(EXAMPLE_CONFIG.read_text() + f'''
-[[jwt.issuers]]
-issuer = "{provider.issuer}"
-audience = "ai-gateway"
-algorithms = ["ES256"]
-discovery = true
-jwks_min_refresh = 1
-''')
+    config = issuer_config(tmp_path, provider, "discovery = true", "jwks_min_refresh = 1")
     agent = redis_gw.start_agent(config)
     peer = Peer(redis_gw.agent_port)
     peer.hello()
@@ -96,15 +97,8 @@ jwks_min_refresh = 1
 
 def test_a_made_up_kid_within_the_refresh_bound_is_refused_without_a_fetch(
         redis_gw: Gateway, provider: Provider, tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(EXAMPLE_CONFIG.read_text() + f'''
-[[jwt.issuers]]
-issuer = "{provider.issuer}"
-audience = "ai-gateway"
-algorithms = ["ES256"]
-jwks_url = "{provider.issuer}/jwks"
-jwks_min_refresh = 60
-''')
+    config = issuer_config(tmp_path, provider, f'jwks_url = "{provider.issuer}/jwks"',
+                           "jwks_min_refresh = 60")
     redis_gw.start_agent(config)
     peer = Peer(redis_gw.agent_port)
     peer.hello()
@@ -118,14 +112,7 @@ jwks_min_refresh = 60
 
 def test_doctor_checks_each_provider_answers_with_its_keys(provider: Provider,
                                                             tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(EXAMPLE_CONFIG.read_text() + f'''
-[[jwt.issuers]]
-issuer = "{provider.issuer}"
-audience = "ai-gateway"
-algorithms = ["ES256"]
-discovery = true
-''')
+    config = issuer_config(tmp_path, provider, "discovery = true")
     loaded = load_config(config, env={})
     check = identity_providers_check(loaded)
     assert check.ok and check.detail == f"{provider.issuer}: 1 key(s)"
