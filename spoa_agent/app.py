@@ -261,8 +261,8 @@ class RequestChecker:
         principal, limits = step.principal, step.limits
         # plan_limits() puts the token budget last.
         budget = limits[-1] if limits and limits[-1].is_budget else None
-        return Outcome(decision, stage, principal, "", verdict, 0 if principal is None else
-                       principal.max_in_flight or self.limits.per_key_in_flight, budget)
+        return Outcome(decision, stage, principal, "", verdict, self._in_flight_for(principal),
+                       budget)
 
     def _in_flight_for(self, principal: Principal | None) -> int:
         if principal is None:

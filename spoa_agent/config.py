@@ -328,8 +328,8 @@ def _token_budget(reader: _Reader, data: Mapping[str, Any]) -> dict[str, Any]:
     text = data.get("tokens_per_key")
     if text not in (None, ""):
         try:
-            settings["tokens_per_key"] = parse_token_budget(str(text))
-            settings["tokens_per_key_text"] = str(text).strip()
+            parse_token_budget(str(text))
+            settings["tokens_per_key"] = str(text).strip()
         except ValueError as err:
             reader.problem("ratelimit.tokens_per_key", str(err))
     per_model = data.get("tokens_per_model", {})
@@ -340,7 +340,8 @@ def _token_budget(reader: _Reader, data: Mapping[str, Any]) -> dict[str, Any]:
     budgets = {}
     for model, budget in per_model.items():
         try:
-            budgets[model] = (str(budget).strip(), parse_token_budget(str(budget)))
+            parse_token_budget(str(budget))
+            budgets[model] = str(budget).strip()
         except ValueError as err:
             reader.problem(f"ratelimit.tokens_per_model.{model!r}", str(err))
     settings["tokens_per_model"] = budgets

@@ -88,30 +88,39 @@ class TokenBudgetType(click.ParamType[tuple[str, str]]):
         return model, self.budget.convert(text, param, ctx)
 
 
-def _budget_changes(record: KeyRecord | None,
-                    budgets: tuple[tuple[str, str], ...]) -> dict[str, str | None]:
-    """The record fields that --tokens options set: `tokens` and `model_tokens`
-    (per model budgets merged into the record's, `none` removing one)."""
-    changes: dict[str, str | None] = {}
-    per_model = dict(record.model_tokens) if record is not None else {}
+def _with_budgets(tokens: str | None, per_model: dict[str, str],
+                  budgets: tuple[tuple[str, str], ...]) -> tuple[str | None, dict[str, str]]:
+    """A key's budget and its budgets per model after --tokens options
+    (`none` removes one)."""
+    per_model = dict(per_model)
     for model, budget in budgets:
+        value = None if budget == "none" else budget
         if not model:
-            changes["tokens"] = None if budget == "none" else budget
-        elif budget == "none":
+            tokens = value
+        elif value is None:
             per_model.pop(model, None)
         else:
-            per_model[model] = budget
-    if any(model for model, _ in budgets):
-        changes["model_tokens"] = json.dumps(dict(model_budgets(per_model))) if per_model \
-            else None
-    return changes
+            per_model[model] = value
+    return tokens, per_model
 
 
 def budget_fields(budgets: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """A new record's `tokens` and `model_tokens` from --tokens options."""
-    changes = _budget_changes(None, budgets)
-    per_model = json.loads(changes.get("model_tokens") or "{}")
-    return {"tokens": changes.get("tokens"), "model_tokens": model_budgets(per_model)}
+    tokens, per_model = _with_budgets(None, {}, budgets)
+    return {"tokens": tokens, "model_tokens": model_budgets(per_model)}
+
+
+def _budget_changes(record: KeyRecord,
+                    budgets: tuple[tuple[str, str], ...]) -> dict[str, str | None]:
+    """The record fields --tokens options change (`token update`)."""
+    tokens, per_model = _with_budgets(record.tokens, dict(record.model_tokens), budgets)
+    changes: dict[str, str | None] = {}
+    if any(not model for model, _ in budgets):
+        changes["tokens"] = tokens
+    if any(model for model, _ in budgets):
+        changes["model_tokens"] = json.dumps(dict(model_budgets(per_model))) if per_model \
+            else None
+    return changes
 
 
 def _when(timestamp: float | None) -> str:

@@ -12,9 +12,8 @@
 -- Returns one string of integers: per request "admitted tightest remaining
 -- reset_us", tightest being the 0-based index among its limits of the one
 -- with the fewest requests remaining (the first of equals; n when all are
--- budgets), then, for a
--- refused request only, "retry_us" per limit. Each key is written once, at
--- the end.
+-- budgets), then, for a refused request only, "retry_us" per limit. Each key
+-- is written once, at the end.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local args = {}

@@ -71,25 +71,20 @@ def _budget(settings: RateLimitConfig, caller: Caller, model: str) -> Limit | No
     """The one token budget a request is checked and charged against: the
     caller's own for its model, the config's for the model, the caller's own,
     the config's default, in that order."""
-    own_for_model = dict(caller.model_tokens).get(model) if model else None
-    per_model = settings.tokens_per_model.get(model) if model else None
     name = f"{caller.kind}:{caller.id}"
-    if own_for_model or per_model:
+    spec = (dict(caller.model_tokens).get(model) or settings.tokens_per_model.get(model)) \
+        if model else None
+    if spec:
         name += f":model:{_model_name(model)}"
-    if own_for_model:
-        spec, rate = own_for_model, _cached_budget(own_for_model)
-    elif per_model:
-        spec, rate = per_model
-    elif caller.tokens:
-        spec, rate = caller.tokens, _cached_budget(caller.tokens)
-    elif settings.tokens_per_key is not None:
-        spec, rate = settings.tokens_per_key_text, settings.tokens_per_key
     else:
-        return None
+        spec = caller.tokens or settings.tokens_per_key
+        if not spec:
+            return None
     # Like a rate, a budget names its state (a changed budget starts afresh),
     # and so does what it counts: all tokens, or only the answer's.
     scope = "output_tokens" if settings.tokens_output_only else "tokens"
-    return Limit(scope, limit_key(scope, f"{name}@{spec}"), rate, settings.on_redis_error)
+    return Limit(scope, limit_key(scope, f"{name}@{spec}"), _cached_budget(spec),
+                 settings.on_redis_error)
 
 
 _PLAIN_MODEL = re.compile(r"[A-Za-z0-9._:/-]{1,128}")

@@ -28,10 +28,11 @@ class RateLimitConfig:
     # stall into 503s, and 250 ms still leaves most of the handler's 900 ms.
     redis_timeout: float = 0.25
     # LLM tokens per key (and JWT subject) without a budget of its own,
-    # charged from the usage the upstream reports ([usage] must be on).
-    tokens_per_key: Rate | None = None
-    tokens_per_key_text: str = ""  # as configured: it names the budget's state
+    # charged from the usage the upstream reports ([usage] must be on). As
+    # configured ("1M/d", checked by the loader), as a key's own are stored:
+    # the text names the budget's state, plan.py parses the one that applies.
+    tokens_per_key: str | None = None
     tokens_output_only: bool = False  # count only the answer's tokens
-    # model -> (budget as configured, budget): for keys without their own
-    # for that model; it replaces tokens_per_key for that model's requests.
-    tokens_per_model: Mapping[str, tuple[str, Rate]] = field(default_factory=dict)
+    # model -> budget, for keys without their own for that model; it
+    # replaces tokens_per_key for that model's requests.
+    tokens_per_model: Mapping[str, str] = field(default_factory=dict)

@@ -13,6 +13,9 @@ from typing import NamedTuple
 
 import orjson
 
+from spoa_agent.ratelimit.limiter import limit_key
+from spoa_agent.ratelimit.limits import TOKEN_SCOPES
+
 MAX_LINE = 4096  # bytes: a record is well under 1 KiB
 MAX_TOKENS = 1 << 40  # any count above is not a count
 # A name (principal, model) is printable text of bounded length: it becomes
@@ -22,8 +25,8 @@ SEPARATOR = "\x1f"
 MISSING_MODEL = "-"  # answers that name no model (GET /api/tags, errors)
 # A token budget as the agent named it (outcome.budget_var): its Redis key
 # (a limiter key of a token scope), microseconds per token, input counted.
-_BUDGET = re.compile(r"(spoa:rl:\{spoa-rl\}:(?:output_)?tokens:[^\x00-\x20\x7f]{1,400}) "
-                     r"([1-9][0-9]{0,11}) ([01])")
+_BUDGET_KEY = "|".join(re.escape(limit_key(scope, "")) for scope in sorted(TOKEN_SCOPES))
+_BUDGET = re.compile(rf"((?:{_BUDGET_KEY})[^\x00-\x20\x7f]{{1,400}}) ([1-9][0-9]{{0,11}}) ([01])")
 
 
 class Charge(NamedTuple):

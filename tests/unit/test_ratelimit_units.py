@@ -74,7 +74,7 @@ def test_parse_token_budget_refuses(text: str) -> None:
 
 KEY = Principal("api_key", "k1", "laptop")
 SETTINGS = RateLimitConfig(per_key=LimitSpec(parse_rate("60/m"), OnRedisError.CLOSED),
-                           tokens_per_key=parse_token_budget("1M/d"), tokens_per_key_text="1M/d")
+                           tokens_per_key="1M/d")
 
 
 def test_the_token_budget_is_planned_last_and_checked_not_charged() -> None:
@@ -99,9 +99,7 @@ def test_a_key_s_own_budget_replaces_the_default_and_names_its_state() -> None:
 
 
 def test_a_model_s_budget_replaces_the_key_s_for_that_model_only() -> None:
-    settings = replace(SETTINGS, tokens_per_model={
-        "llama3.1:70b": ("50k/d", parse_token_budget("50k/d")),
-        "qwen": ("5k/d", parse_token_budget("5k/d"))})
+    settings = replace(SETTINGS, tokens_per_model={"llama3.1:70b": "50k/d", "qwen": "5k/d"})
     key = replace(KEY, tokens="300k/d", model_tokens=(("qwen", "9k/d"), ("weird model", "1k/d")))
 
     def budget(model: str) -> tuple[str, int]:
