@@ -13,7 +13,11 @@ deps: system-deps $(STAMP)
 system-deps:
 	@scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml
+# The per-request path is compiled (setup.py, spoa_agent/native.py): an edit
+# to one of its modules is built again, or Python would run the old one.
+COMPILED := $(shell sed -n 's/^    "\(spoa_agent[a-z_.]*\)",$$/\1/p' spoa_agent/native.py | tr . / | sed 's/$$/.py/')
+
+$(STAMP): pyproject.toml setup.py $(COMPILED)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test,bench]'

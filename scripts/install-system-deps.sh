@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the demo and the tests use, only if missing:
-# HAProxy 2.6, Redis, fail2ban, Lua 5.3/5.4, wrk, Python's venv module, and
+# HAProxy 2.6, Redis, fail2ban, Lua 5.3/5.4, wrk, Python's venv module, gcc
+# and Python's headers (the compiled per-request path), and
 # keepalived, logrotate and systemd-analyze (checks of haproxy/examples/).
 # Debian/Ubuntu (apt). Uses sudo when not root.
 set -euo pipefail
@@ -24,6 +25,12 @@ for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${need[$cmd]}")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# The per-request path is compiled at install (setup.py): a C compiler and
+# Python's headers. Without them it installs as pure Python, slower.
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || missing+=(python3-dev)
 
 # The OpenID provider the tests start (tests/oidc): npm's oidc-provider, at
 # the version package-lock.json pins. Needs Node 18+ (nodejs, npm).

@@ -86,8 +86,10 @@ Step = Outcome | _DeviceCheck | _KeyCheck | _LimitCheck
 
 
 class _LimitsAnswer(Later):
-    """The answer of a request waiting on the limiter, which calls it with
-    its verdict from the batch's callback: one object per such request."""
+    """The answer of a request waiting on the limiter, which calls its
+    verdict() from the batch's callback: one object per such request. (A
+    named method, not __call__: mypyc miscompiles a subclass's __call__
+    that calls an inherited method, and this class is compiled, setup.py.)"""
 
     __slots__ = ("checker", "request", "started", "step")
 
@@ -96,7 +98,7 @@ class _LimitsAnswer(Later):
         super().__init__()
         self.checker, self.step, self.request, self.started = checker, step, request, started
 
-    def __call__(self, verdict: Verdict) -> None:
+    def verdict(self, verdict: Verdict) -> None:
         checker = self.checker
         self.answer(checker.finish(checker.limited(self.step, verdict), self.request,
                                    self.started))
@@ -138,7 +140,7 @@ class RequestChecker:
             return self.finish(step, request, started)
         if type(step) is _LimitCheck and self.limiter is not None:
             later = _LimitsAnswer(self, step, request, started)
-            self.limiter.submit(step.limits, later)
+            self.limiter.submit(step.limits, later.verdict)
             return later
         return self._finish_later(request, step, started)
 

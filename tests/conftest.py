@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from spoa_agent import native
 from spoa_agent.demo import stack
 from spoa_agent.demo.stack import Gateway, Process, haproxy_binaries
 from spoa_agent.install.shipped import EXAMPLE_CONFIG as EXAMPLE_CONFIG_SHIPPED
@@ -65,6 +66,12 @@ HAPROXY = haproxy_binaries()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The tests run the per-request path as it is built (compiled, setup.py):
+    # a compiled module older than its edited source would test old code.
+    stale = native.stale_modules()
+    if stale:
+        raise pytest.UsageError(f"compiled modules older than their source: {', '.join(stale)};"
+                                " build again with `make deps` (or pip install -e .)")
     # The suite opens over a thousand sockets at once (idle-connection test).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from spoa_agent import metrics
+from spoa_agent import metrics, native
 from spoa_agent.server.agent import Agent
 from spoa_agent.server.protocol import SpopProtocol
 from spoa_agent.server.settings import ServerConfig
@@ -58,7 +58,14 @@ async def serve(
         reuse_port=reuse_port,
         backlog=4096,
     )
-    log.info("agent_listening", listen=str(settings.listen))
+    # Whether the per-request path runs compiled (setup.py): the same
+    # answers either way, with more CPU per request as pure Python.
+    log.info("agent_listening", listen=str(settings.listen),
+             compiled=not native.pure_modules())
+    stale = native.stale_modules()
+    if stale:  # a source checkout edited since its last build: Python runs the old code
+        log.warning("compiled_modules_stale", modules=",".join(stale),
+                    fix="build again: pip install -e . (make deps)")
     if on_ready is not None:
         on_ready()
     try:

@@ -143,7 +143,10 @@ class SpopProtocol(asyncio.Protocol):
         try:
             self._pump()
         finally:
-            if self._batch:
+            # _pump() may have flushed (a close): read the attribute anew,
+            # not as the list set above (compiled, that would be checked).
+            batch: list[bytes] | None = getattr(self, "_batch")  # noqa: B009
+            if batch:
                 self._flush()
             else:  # nothing answered inline (answers come Later)
                 self._batch = None

@@ -66,6 +66,16 @@ def test_the_installed_package_is_not_the_checkout(installed: Path, tmp_path: Pa
     assert no_demo == "True"  # the demo stays in the clone
 
 
+def test_the_installed_package_runs_its_request_path_compiled(installed: Path,
+                                                              tmp_path: Path) -> None:
+    # setup.py compiled it while the wheel was built: an operator's host
+    # with gcc and python3-dev gets the compiled agent, nothing stale.
+    code = "from spoa_agent import native; print(native.pure_modules(), native.stale_modules())"
+    result = run([str(installed / "python"), "-c", code], cwd=tmp_path,
+                 env=env_without_checkout())
+    assert result.stdout.strip() == "[] []", result.stderr
+
+
 def test_the_installed_files_are_all_there(installed: Path, tmp_path: Path) -> None:
     listed = run([str(installed / "spoa-agent"), "files", "--list"], cwd=tmp_path,
                  env=env_without_checkout()).stdout.split()
