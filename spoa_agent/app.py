@@ -17,7 +17,7 @@ import ipaddress
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 import structlog
 
@@ -43,43 +43,50 @@ from spoa_agent.store.redis import async_client, close, redacted, subscriber_cli
 from spoa_agent.store.tokens import KeyLookup, follow_changes
 from spoa_agent.usage.ingest import serve_usage
 
-CHECK_REQUEST = "check-request"
-PLAN_CACHE_SIZE = 65536  # limit plans kept, (caller, address, rule) each
+CHECK_REQUEST: Final = "check-request"
+PLAN_CACHE_SIZE: Final = 65536  # limit plans kept, (caller, address, rule) each
 # The log action of a refusal, by the step that refused: the client's doing
 # (fail2ban's filter counts some)...
-CLIENT_ACTIONS: dict[Stage, str] = {"auth": "auth_failed", "policy": "policy_denied",
+CLIENT_ACTIONS: Final[dict[Stage, str]] = {"auth": "auth_failed", "policy": "policy_denied",
                                     "limit": "rate_limited",
                                     "budget": "token_budget_exhausted"}
 # ...and the same refusal when the gateway caused it (a 5xx), never counted.
-GATEWAY_ACTIONS: dict[Stage, str] = {"auth": "auth_unavailable",
+GATEWAY_ACTIONS: Final[dict[Stage, str]] = {"auth": "auth_unavailable",
                                      "policy": "policy_unavailable",
                                      "limit": "ratelimit_unavailable",
                                      "budget": "ratelimit_unavailable"}
 # No key on an auth = "oidc" route: HAProxy asks again with the browser's
 # cookies (oidc-request, spoa_agent/oidc), whose answer is logged.
-LOGIN_REQUIRED = Outcome(refuse(Reason.LOGIN_REQUIRED), "auth")
+LOGIN_REQUIRED: Final = Outcome(refuse(Reason.LOGIN_REQUIRED), "auth")
 
 
-class _KeyCheck(NamedTuple):
+# The steps that wait on Redis. Plain classes, as Outcome.
+class _KeyCheck:
     """Next: the key's Redis lookup and argon2id check (quick() had no answer)."""
 
-    decision: Decision
-    token: str
+    __slots__ = ("decision", "token")
+
+    def __init__(self, decision: Decision, token: str) -> None:
+        self.decision, self.token = decision, token
 
 
-class _DeviceCheck(NamedTuple):
+class _DeviceCheck:
     """Next: the device's record in Redis (its certificate not in the caches)."""
 
-    decision: Decision
-    fingerprint: str
+    __slots__ = ("decision", "fingerprint")
+
+    def __init__(self, decision: Decision, fingerprint: str) -> None:
+        self.decision, self.fingerprint = decision, fingerprint
 
 
-class _LimitCheck(NamedTuple):
+class _LimitCheck:
     """Next: these limits, in Redis (the over-limit cache had no answer)."""
 
-    decision: Decision
-    principal: Principal | None
-    limits: tuple[Limit, ...]
+    __slots__ = ("decision", "limits", "principal")
+
+    def __init__(self, decision: Decision, principal: Principal | None,
+                 limits: tuple[Limit, ...]) -> None:
+        self.decision, self.principal, self.limits = decision, principal, limits
 
 
 Step = Outcome | _DeviceCheck | _KeyCheck | _LimitCheck

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from hashlib import blake2b
-from typing import Any
+from typing import Any, Final
 
 import redis
 
@@ -41,9 +41,9 @@ from spoa_agent.store.tokens import KeyLookup, KeyRecord
 
 # A credential longer than this is refused unread (HAProxy sends at most 4097
 # bytes of it, see spoe-agent.conf).
-MAX_CREDENTIAL = 4096
+MAX_CREDENTIAL: Final = 4096
 # last_used_at is written at most this often per key and agent.
-TOUCH_EVERY = 60.0
+TOUCH_EVERY: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,8 @@ def token_digest(token: str) -> bytes:
     return blake2b(token.encode(), digest_size=16).digest()
 
 
-_CACHE_COUNTS, _HIT = metrics.KEY_CACHE.counts, ("hit",)
+_CACHE_COUNTS: Final = metrics.KEY_CACHE.counts
+_HIT: Final = ("hit",)
 
 
 def device_digest(fingerprint: str) -> bytes:

@@ -5,6 +5,7 @@ routes, scopes, the body's size and model. Pure, no I/O; table-tested.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Final
 
 from spoa_agent.auth.principal import Principal
 from spoa_agent.policy.body import BodyFacts, model_of
@@ -12,7 +13,7 @@ from spoa_agent.policy.routes import Decision, refuse
 from spoa_agent.reasons import Reason
 
 # Where a client looks up one model by name (OpenAI's and Anthropic's API).
-MODEL_BY_NAME = "/v1/models/"
+MODEL_BY_NAME: Final = "/v1/models/"
 
 
 def check_access(decision: Decision, principal: Principal | None, body: BodyFacts,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from spoa_agent.ratelimit.limits import Rate
 from spoa_agent.reasons import Reason
@@ -21,13 +22,13 @@ from spoa_agent.reasons import Reason
 # "." or ".." segment, "%" escapes or "/".
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._:@+-]*"
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_UNSAFE = re.compile(r"/\.{1,2}(?:/|$)|//|%2[eEfF]|%5[cC]|\\")
+_UNSAFE: Final = re.compile(r"/\.{1,2}(?:/|$)|//|%2[eEfF]|%5[cC]|\\")
 _HOST = re.compile(r"(?:\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 # (method, path, host) decisions kept per table, of paths and hosts this
 # short: a few MiB at most, whatever the clients send.
 DECISION_CACHE_SIZE = 8192
-CACHED_REQUEST_SIZE = 512
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+CACHED_REQUEST_SIZE: Final = 512
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class RouteError(ValueError):
@@ -97,21 +98,21 @@ class Decision:
     model: str = ""
 
 
-ALLOW = "allowed"
+ALLOW: Final = "allowed"
 
 
 def refuse(reason: Reason, rule: str = "", detail: str = "") -> Decision:
     return Decision(False, reason.status, reason, rule, None, detail)
 
 
-NO_ROUTE = refuse(Reason.ROUTE_NOT_ALLOWED)
-UNSAFE_PATH = refuse(Reason.PATH_NOT_NORMALIZED)
-AMBIGUOUS_HOST = refuse(Reason.AMBIGUOUS_HOST)
+NO_ROUTE: Final = refuse(Reason.ROUTE_NOT_ALLOWED)
+UNSAFE_PATH: Final = refuse(Reason.PATH_NOT_NORMALIZED)
+AMBIGUOUS_HOST: Final = refuse(Reason.AMBIGUOUS_HOST)
 # A Host header both HAProxy (haproxy.cfg's txn.host, which picks the
 # backend) and the policy read the same way: a name without trailing dot or
 # empty label, or an IPv6 literal, then maybe a port; haproxy.cfg refuses
 # the others with the same expression.
-_CANONICAL_HOST = re.compile(
+_CANONICAL_HOST: Final = re.compile(
     r"([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])"
     r"(:[0-9]{1,5})?")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Final
 
 _SPEC = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(s|m|h|d)\s*(?:,\s*burst\s*=\s*(\d+)\s*)?")
 _BUDGET = re.compile(r"\s*(\d+)\s*([kMG]?)\s*/\s*(\d*)\s*(s|m|h|d)\s*")
@@ -18,7 +19,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _MULTIPLES = {"": 1, "k": 1_000, "M": 1_000_000, "G": 1_000_000_000}
 # Scopes of the limits that are token budgets: checked before a request but
 # charged after it, by the tokens its answer reported (usage/ingest.py).
-TOKEN_SCOPES = frozenset({"tokens", "output_tokens"})
+TOKEN_SCOPES: Final = frozenset({"tokens", "output_tokens"})
 
 
 class OnRedisError(Enum):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from typing import Protocol
+from typing import Final, Protocol
 
 from spoa_agent.ratelimit.limiter import limit_key
 from spoa_agent.ratelimit.limits import Limit, Rate, parse_rate, parse_token_budget
 from spoa_agent.ratelimit.settings import RateLimitConfig
 
-_cached_rate = functools.lru_cache(maxsize=1024)(parse_rate)
-_cached_budget = functools.lru_cache(maxsize=1024)(parse_token_budget)
+_cached_rate: Final = functools.lru_cache(maxsize=1024)(parse_rate)
+_cached_budget: Final = functools.lru_cache(maxsize=1024)(parse_token_budget)
 
 
 class Caller(Protocol):
@@ -87,7 +87,7 @@ def _budget(settings: RateLimitConfig, caller: Caller, model: str) -> Limit | No
                  settings.on_redis_error)
 
 
-_PLAIN_MODEL = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_PLAIN_MODEL: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 
 def _model_name(model: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from spoa_agent import metrics
 from spoa_agent.server.agent import Actions, Agent, Answer, Later
@@ -44,17 +44,18 @@ from spoa_agent.spop import (
 # client that is not HAProxy) gets 64 per turn, well under a millisecond of
 # handler time, and every gateway request waits at most that for it. Smaller
 # would add a loop turn per few frames for a busy pipelining peer.
-MESSAGES_PER_TURN = 64
+MESSAGES_PER_TURN: Final = 64
 # The transport's write buffer. HAProxy reads its ACKs at once and the kernel
 # takes hundreds of KiB before anything is buffered here, so only a peer that
 # sends without reading fills it: past WRITE_HIGH we stop reading it and
 # handling its frames until the buffer is under WRITE_LOW again.
-WRITE_HIGH = 64 * 1024
-WRITE_LOW = 16 * 1024
-_FRAME_COUNTS, _NOTIFY = metrics.FRAMES.counts, ("notify",)
+WRITE_HIGH: Final = 64 * 1024
+WRITE_LOW: Final = 16 * 1024
+_FRAME_COUNTS: Final = metrics.FRAMES.counts
+_NOTIFY: Final = ("notify",)
 # Why a connection's frames are not handled now (bits of SpopProtocol._stalled).
-_IN_FLIGHT = 1  # max_in_flight of its NOTIFYs are being handled
-_WRITE_FULL = 2  # its peer is not reading: our write buffer is over WRITE_HIGH
+_IN_FLIGHT: Final = 1  # max_in_flight of its NOTIFYs are being handled
+_WRITE_FULL: Final = 2  # its peer is not reading: our write buffer is over WRITE_HIGH
 
 
 class _Waiting:

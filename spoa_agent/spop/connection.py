@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import Enum, auto
+from typing import Final
 
 from spoa_agent.spop.constants import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -51,8 +52,8 @@ class Closed:
         return "CLOSED"
 
 
-NEED_DATA = NeedData()
-CLOSED = Closed()
+NEED_DATA: Final = NeedData()
+CLOSED: Final = Closed()
 
 
 class State(Enum):
@@ -62,17 +63,18 @@ class State(Enum):
 
 
 # Frames HAProxy may send once HELLO is done; the rest are the agent's own.
-_FROM_HAPROXY = {FrameType.NOTIFY, FrameType.HAPROXY_DISCONNECT}
-_FROM_AGENT = {FrameType.AGENT_HELLO, FrameType.AGENT_DISCONNECT, FrameType.ACK}
-_FIN = int(FrameFlags.FIN)  # a plain int: IntFlag arithmetic is slow on the hot path
+_FROM_HAPROXY: Final = {FrameType.NOTIFY, FrameType.HAPROXY_DISCONNECT}
+_FROM_AGENT: Final = {FrameType.AGENT_HELLO, FrameType.AGENT_DISCONNECT, FrameType.ACK}
+_FIN: Final = int(FrameFlags.FIN)  # a plain int: IntFlag arithmetic is slow on the hot path
 # The states the hot path compares with, as names of this module: reading an
 # Enum's member from its class costs a lookup of ~50 ns (Python 3.11).
-_READY, _CLOSED = State.READY, State.CLOSED
-_NOTIFY = int(FrameType.NOTIFY)
-_NOTIFY_IDS = FRAME_HEADER.size + 1  # where a NOTIFY's one-byte frame id is
-_LONG_VARINT = 240  # a varint this large or larger takes more than one byte
+_READY: Final = State.READY
+_CLOSED: Final = State.CLOSED
+_NOTIFY: Final = int(FrameType.NOTIFY)
+_NOTIFY_IDS: Final = FRAME_HEADER.size + 1  # where a NOTIFY's one-byte frame id is
+_LONG_VARINT: Final = 240  # a varint this large or larger takes more than one byte
 # Compact the receive buffer once this much of it has been consumed.
-_COMPACT_AT = 64 * 1024
+_COMPACT_AT: Final = 64 * 1024
 
 
 def _speaks_v2(versions: tuple[str, ...]) -> bool:

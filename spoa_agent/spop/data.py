@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
+from typing import Final
 
 from spoa_agent.spop.constants import DataType, Status
 from spoa_agent.spop.errors import SpopError
@@ -17,9 +18,9 @@ from spoa_agent.spop.errors import SpopError
 Value = None | bool | int | str | bytes | IPv4Address | IPv6Address
 Buffer = bytes | bytearray | memoryview
 
-_UINT64_MAX = (1 << 64) - 1
+_UINT64_MAX: Final = (1 << 64) - 1
 # A uint64 needs at most 10 varint bytes: 4 bits, then 7 bits per byte.
-_MAX_VARINT_BYTES = 10
+_MAX_VARINT_BYTES: Final = 10
 
 
 def _truncated(what: str) -> SpopError:
@@ -171,5 +172,5 @@ def decode_kv_list(buf: Buffer, pos: int) -> dict[str, Value]:
     return items
 
 
-FRAME_HEADER = struct.Struct(">BI")  # type, flags (after the 4-byte length)
-LENGTH = struct.Struct(">I")
+FRAME_HEADER: Final = struct.Struct(">BI")  # type, flags (after the 4-byte length)
+LENGTH: Final = struct.Struct(">I")

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from spoa_agent.spop.constants import ActionType, DataType, FrameFlags, FrameType, Scope, Status
 from spoa_agent.spop.data import (
@@ -32,19 +32,21 @@ from spoa_agent.spop.data import (
 )
 from spoa_agent.spop.errors import SpopError
 
-_MAX_ARGS = 255  # NB-ARGS is one byte
-_LONG = 240  # a varint this large or larger takes more than one byte
-_VARINT_LAST = 128  # a varint's bytes after the first: under this, its last one
+_MAX_ARGS: Final = 255  # NB-ARGS is one byte
+_LONG: Final = 240  # a varint this large or larger takes more than one byte
+_VARINT_LAST: Final = 128  # a varint's bytes after the first: under this, its last one
 # Plain ints: comparing with an enum member costs an attribute lookup each time.
-_STRING, _NULL = int(DataType.STRING), int(DataType.NULL)
-_BINARY, _IPV4 = int(DataType.BINARY), int(DataType.IPV4)
-_SIZED = frozenset((_STRING, _BINARY))  # a length, then the bytes
+_STRING: Final = int(DataType.STRING)
+_NULL: Final = int(DataType.NULL)
+_BINARY: Final = int(DataType.BINARY)
+_IPV4: Final = int(DataType.IPV4)
+_SIZED: Final = frozenset((_STRING, _BINARY))  # a length, then the bytes
 # The same few client addresses come back request after request.
-_ipv4 = functools.lru_cache(maxsize=65536)(IPv4Address)
+_ipv4: Final = functools.lru_cache(maxsize=65536)(IPv4Address)
 # The same few argument names (spoe-agent.conf's) come in every NOTIFY: their
 # bytes map to the str once decoded. Bounded: the peer chooses the names.
-_ARG_NAMES: dict[bytes, str] = {}
-_MAX_ARG_NAMES = 1024
+_ARG_NAMES: Final[dict[bytes, str]] = {}
+_MAX_ARG_NAMES: Final = 1024
 
 
 def _split_list(text: str) -> frozenset[str]:
@@ -253,7 +255,7 @@ def _encode_action(action: Action, value_type: str) -> bytes:
     raise TypeError(f"not an SPOP action: {action!r}")
 
 
-_ACK_HEADER = FRAME_HEADER.pack(FrameType.ACK, FrameFlags.FIN)
+_ACK_HEADER: Final = FRAME_HEADER.pack(FrameType.ACK, FrameFlags.FIN)
 
 
 def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes:
@@ -275,7 +277,7 @@ def _encode_ack(ev: Ack) -> bytes:
     return encode_ack(ev.stream_id, ev.frame_id, ev.actions)
 
 
-_ENCODERS: dict[type, Callable[..., bytes]] = {
+_ENCODERS: Final[dict[type, Callable[..., bytes]]] = {
     HaproxyHello: _encode_haproxy_hello,
     AgentHello: _encode_agent_hello,
     HaproxyDisconnect: _encode_haproxy_disconnect,
@@ -482,7 +484,7 @@ def _decode_ack(head: FrameHeader, buf: Buffer) -> Ack:
     return Ack(head.stream_id, head.frame_id, tuple(actions))
 
 
-DECODERS: dict[int, Callable[[FrameHeader, Buffer], Frame]] = {
+DECODERS: Final[dict[int, Callable[[FrameHeader, Buffer], Frame]]] = {
     FrameType.HAPROXY_HELLO: _decode_haproxy_hello,
     FrameType.HAPROXY_DISCONNECT: _decode_haproxy_disconnect,
     FrameType.NOTIFY: _decode_notify,
