@@ -1,14 +1,23 @@
 """The per-request path compiled to C (mypyc, by setup.py): which modules,
 and whether this install runs them compiled.
 
+SPOA_AGENT_PURE_PYTHON=1 in the environment runs them from their Python
+sources even where they are compiled (spoa_agent/__init__.py calls
+prefer_sources()): the same answers, more CPU per request; for telling a
+fault of the compiler from one of the code, and for testing both.
+
 setup.py reads HOT_PATH from this file without importing the package, so it
 imports nothing of spoa_agent.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
+import sys
+from collections.abc import Sequence
 
 # Every module a check-request passes through, from the bytes HAProxy sends
 # to the bytes of the ACK. Not reasons.py: mypyc cannot compile an Enum with
@@ -33,6 +42,27 @@ HOT_PATH = (
 SOURCES = tuple(name.replace(".", "/") + ".py" for name in HOT_PATH)
 
 
+class _SourceFinder(importlib.abc.MetaPathFinder):
+    """Finds the modules of HOT_PATH as Python sources, never compiled."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in HOT_PATH or not path:
+            return None
+        loader = (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)
+        for entry in path:
+            spec = importlib.machinery.FileFinder(entry, loader).find_spec(fullname)
+            if spec is not None:
+                return spec
+        return None
+
+
+def prefer_sources() -> None:
+    """Import the modules of HOT_PATH from their .py files from now on."""
+    if not any(type(finder) is _SourceFinder for finder in sys.meta_path):
+        sys.meta_path.insert(0, _SourceFinder())
+
+
 def _origin(name: str) -> str:
     spec = importlib.util.find_spec(name)
     return spec.origin or "" if spec is not None else ""
@@ -51,6 +81,8 @@ def stale_modules() -> list[str]:
     package = os.path.dirname(os.path.abspath(__file__))
     if not os.path.exists(os.path.join(os.path.dirname(package), "setup.py")):
         return []  # not a source checkout
+    if os.environ.get("SPOA_AGENT_PURE_PYTHON"):
+        return []  # the sources run, whatever is compiled beside them
     stale = []
     for name in HOT_PATH:
         compiled = _origin(name)

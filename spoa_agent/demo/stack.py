@@ -272,7 +272,7 @@ class Gateway:
         return [json.loads(line) for line in path.read_text().splitlines()]
 
     def start_agent(self, config: Path, workers: int = 1, port: int | None = None,
-                    name: str = "agent") -> Process:
+                    name: str = "agent", env: Mapping[str, str] | None = None) -> Process:
         port = port or self.agent_port
         argv = [sys.executable, "-m", "spoa_agent", "--config", str(config), "serve",
                 "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
@@ -281,7 +281,7 @@ class Gateway:
         usage_port = self.usage_port if name == "agent" else free_port()
         proc = spawn(name, argv, self.workdir, env={
             "SPOA_AGENT_REDIS_URL": self.redis_url,
-            "SPOA_AGENT_USAGE_LISTEN": f"127.0.0.1:{usage_port}"})
+            "SPOA_AGENT_USAGE_LISTEN": f"127.0.0.1:{usage_port}", **(env or {})})
         wait_for_port(port, proc.popen)
         self.processes[name] = proc
         return proc
