@@ -18,7 +18,7 @@ from typing import Any
 
 from spoa_agent import metrics, native
 from spoa_agent.server.agent import Agent
-from spoa_agent.server.protocol import SpopProtocol
+from spoa_agent.server.protocol import SpopProtocol, WriteQueue
 from spoa_agent.server.settings import ServerConfig
 
 
@@ -46,8 +46,10 @@ async def serve(
     # Read when Prometheus asks, not counted per request.
     metrics.IN_FLIGHT.set_function(lambda: sum(c.in_flight for c in list(connections)))
 
+    writes = WriteQueue(loop)  # ACKs answered Later leave in one callback for all
+
     def make_protocol() -> SpopProtocol:
-        protocol = SpopProtocol(agent, settings, log, connections.discard)
+        protocol = SpopProtocol(agent, settings, log, connections.discard, writes)
         connections.add(protocol)
         return protocol
 

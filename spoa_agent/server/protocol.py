@@ -79,6 +79,30 @@ class _Waiting:
             self.protocol._done_waiting(self, self.actions)
 
 
+class WriteQueue:
+    """The connections with ACKs to write, written together on the next turn
+    of the event loop. Answers that come Later come many at once (a Redis
+    batch's callback answers requests of dozens of connections): one loop
+    callback writes them all, not one callback per connection. Shared by
+    the connections of one server."""
+
+    __slots__ = ("_loop", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: list[SpopProtocol] = []
+
+    def add(self, protocol: SpopProtocol) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._write_all)
+        self._pending.append(protocol)
+
+    def _write_all(self) -> None:
+        pending, self._pending = self._pending, []
+        for protocol in pending:
+            protocol._flush()
+
+
 class SpopProtocol(asyncio.Protocol):
     def __init__(
         self,
@@ -86,6 +110,7 @@ class SpopProtocol(asyncio.Protocol):
         settings: ServerConfig,
         log: Any,
         on_close: Callable[[SpopProtocol], None],
+        writes: WriteQueue | None = None,
     ) -> None:
         self.agent = agent
         self.settings = settings
@@ -113,6 +138,7 @@ class SpopProtocol(asyncio.Protocol):
         self._hello_timer: asyncio.TimerHandle | None = None
         self._batch: list[bytes] | None = None
         self._loop = asyncio.get_running_loop()
+        self._writes = writes if writes is not None else WriteQueue(self._loop)
         self.drained = self._loop.create_future()
 
     # --- asyncio callbacks ------------------------------------------------
@@ -467,7 +493,7 @@ class SpopProtocol(asyncio.Protocol):
         # leave in one write.
         if self._batch is None:
             self._batch = []
-            self._loop.call_soon(self._flush)
+            self._writes.add(self)
         self._batch.append(data)
 
     def _flush(self) -> None:

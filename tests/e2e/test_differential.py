@@ -89,6 +89,9 @@ PATHS = st.builds(
     st.sampled_from(["", "/", "?x=1", "/..", "/../api/pull", "%2f", "//", "/.", "#x"]),
 ) | st.sampled_from(["//api/pull", "/API/PULL", "/api/%70ull", "/v1/../api/pull",
                      "/./api/pull", "/api/pull;x", "/api\\pull"])
+# Less than HAProxy's buffer (tune.bufsize 16384, less its reserve): what the
+# agent is sent of a body at most.
+HAPROXY_BODY_SEEN = 15000
 BODIES = st.sampled_from([
     None, b"{}", b'{"model":"llama3.2:1b"}', b'{"model":"qwen2.5:72b"}',
     b'{"model":"llama3.2:1b","model":"qwen2.5:72b"}', b'{"model":"llama3.2:1b","Model":"x"}',
@@ -125,6 +128,13 @@ def test_the_upstream_gets_exactly_what_check_allows(
     if status == 400 and answer.startswith(b"<html>"):
         # HAProxy's own HTTP parser refused it (a '#' in the target, say):
         # not a policy question, and nothing reached an upstream.
+        assert not reached
+        return
+    if status == 413 and len(body or b"") > HAPROXY_BODY_SEEN and b"body_too_large" in answer:
+        # The agent sees at most HAProxy's buffer of a body (tune.bufsize, 16 KB):
+        # one whose model the key's model list needs but that runs past it
+        # cannot be checked and is refused (body_too_large_for_model_check),
+        # where `check` reads the whole body. Refused, nothing reached.
         assert not reached
         return
     # HAProxy's `path` stops at the query string; http.client sends
