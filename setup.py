@@ -3,10 +3,10 @@ pyproject.toml.
 
 Measured (bench/README.md): the agent's own CPU per request is mostly the
 Python interpreter running these modules, one request at a time; compiled,
-the same code costs about a third less and the gateway's req/s follows.
-mypyc compiles the typed code as it is (the modules below are plain,
-mypy-strict Python and stay the source), so there is one implementation,
-not a Python one beside a C one. It needs a C compiler and Python's headers
+the same code costs about half as much CPU and the gateway's req/s follows.
+mypyc compiles the typed code as it is (the modules spoa_agent/native.py
+lists are plain, mypy-strict Python and stay the source), so there is one
+implementation, not a Python one beside a C one. It needs a C compiler and Python's headers
 at install time; without them (or with SPOA_AGENT_PURE_PYTHON=1) the
 package installs as pure Python and runs the same, only slower:
 `spoa-agent doctor` says which one a host runs.

@@ -838,7 +838,7 @@ def compiled_check() -> Check:
     if pure:
         return Check("compiled", False, f"{len(pure)} of {len(native.HOT_PATH)} modules of "
                      "the per-request path run as pure Python: the agent answers the same, "
-                     "with about a third more CPU per request",
+                     "with about twice the CPU per request",
                      "install a C compiler and Python's headers (apt install gcc python3-dev), "
                      "then reinstall spoa-agent")
     return Check("compiled", True, f"the per-request path is compiled "
