@@ -6,9 +6,10 @@ Python interpreter running these modules, one request at a time; compiled,
 the same code costs about half as much CPU and the gateway's req/s follows.
 mypyc compiles the typed code as it is (the modules spoa_agent/native.py
 lists are plain, mypy-strict Python and stay the source), so there is one
-implementation, not a Python one beside a C one. It needs a C compiler and Python's headers
-at install time; without them (or with SPOA_AGENT_PURE_PYTHON=1) the
-package installs as pure Python and runs the same, only slower:
+implementation, not a Python one beside a C one. It needs a C compiler and
+Python's headers at install time; without them (or with
+SPOA_AGENT_PURE_PYTHON=1) the package installs as pure Python and runs the
+same, only slower:
 `spoa-agent doctor` says which one a host runs.
 """
 
@@ -22,7 +23,7 @@ from setuptools import Extension, setup
 
 # The modules to compile (spoa_agent/native.py, read without importing the
 # package, which needs its dependencies).
-HOT_PATH = runpy.run_path("spoa_agent/native.py")["SOURCES"]
+SOURCES = runpy.run_path("spoa_agent/native.py")["SOURCES"]
 # mypyc type-checks what it compiles, against what is installed: in a fresh
 # venv pip builds this package before its dependencies are there, so their
 # types are unknown (Any) to the build. `make lint` holds the code to mypy
@@ -40,7 +41,7 @@ def compiled_modules() -> list[Extension]:
               file=sys.stderr)
         return []
     # One shared library for the group, named for the package (not a hash).
-    modules = mypycify([*BUILD_CHECK, *HOT_PATH], opt_level="3", group_name="spoa_agent_native")
+    modules = mypycify([*BUILD_CHECK, *SOURCES], opt_level="3", group_name="spoa_agent_native")
     for module in modules:
         module.optional = True  # no C compiler or headers: a warning, then pure Python
     return modules

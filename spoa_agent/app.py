@@ -48,19 +48,20 @@ PLAN_CACHE_SIZE: Final = 65536  # limit plans kept, (caller, address, rule) each
 # The log action of a refusal, by the step that refused: the client's doing
 # (fail2ban's filter counts some)...
 CLIENT_ACTIONS: Final[dict[Stage, str]] = {"auth": "auth_failed", "policy": "policy_denied",
-                                    "limit": "rate_limited",
-                                    "budget": "token_budget_exhausted"}
+                                           "limit": "rate_limited",
+                                           "budget": "token_budget_exhausted"}
 # ...and the same refusal when the gateway caused it (a 5xx), never counted.
 GATEWAY_ACTIONS: Final[dict[Stage, str]] = {"auth": "auth_unavailable",
-                                     "policy": "policy_unavailable",
-                                     "limit": "ratelimit_unavailable",
-                                     "budget": "ratelimit_unavailable"}
+                                            "policy": "policy_unavailable",
+                                            "limit": "ratelimit_unavailable",
+                                            "budget": "ratelimit_unavailable"}
 # No key on an auth = "oidc" route: HAProxy asks again with the browser's
 # cookies (oidc-request, spoa_agent/oidc), whose answer is logged.
 LOGIN_REQUIRED: Final = Outcome(refuse(Reason.LOGIN_REQUIRED), "auth")
 
 
-# The steps that wait on Redis. Plain classes, as Outcome.
+# The steps that wait on Redis: plain slotted classes, for the reason of
+# Record (spoa_agent/record.py), without its equality.
 class _KeyCheck:
     """Next: the key's Redis lookup and argon2id check (quick() had no answer)."""
 

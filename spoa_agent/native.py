@@ -23,6 +23,7 @@ from collections.abc import Sequence
 # to the bytes of the ACK. Not reasons.py: mypyc cannot compile an Enum with
 # its own __new__ (and reading a member costs next to nothing).
 HOT_PATH = (
+    "spoa_agent.record",
     "spoa_agent.spop.data",
     "spoa_agent.spop.frames",
     "spoa_agent.spop.connection",

@@ -14,6 +14,7 @@ from spoa_agent.auth.principal import Principal
 from spoa_agent.policy.routes import Decision
 from spoa_agent.ratelimit.limiter import UNLIMITED, Verdict
 from spoa_agent.ratelimit.limits import Limit
+from spoa_agent.record import Record
 from spoa_agent.spop import Action, Encoded, SetVar
 from spoa_agent.spop.frames import encode_action
 
@@ -23,10 +24,8 @@ Stage = Literal["auth", "policy", "limit", "budget", "allowed"]
 _OWN_LOGIN: Final = Encoded.of(SetVar("own_login", True)).data
 
 
-class Outcome:
-    """Built for every request: a plain class, which compiled (setup.py) is
-    built and read natively, several times faster than a NamedTuple or a
-    dataclass. Never changed once built."""
+class Outcome(Record):
+    """How one request ended: what the handler logs, counts and renders."""
 
     __slots__ = ("budget", "decision", "key_id", "max_in_flight", "principal", "stage",
                  "verdict")
@@ -41,6 +40,10 @@ class Outcome:
         self.verdict = verdict  # the limits' figures, shown to the client
         self.max_in_flight = max_in_flight  # requests at once for this key, counted by HAProxy
         self.budget = budget  # the token budget its answer's usage is charged to
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.decision, self.stage, self.principal, self.key_id, self.verdict,
+                self.max_in_flight, self.budget)
 
 
 def render(outcome: Outcome) -> tuple[Action, ...]:

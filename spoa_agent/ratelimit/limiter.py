@@ -30,6 +30,7 @@ from spoa_agent.cache import TtlLru
 from spoa_agent.ratelimit.breaker import CircuitBreaker
 from spoa_agent.ratelimit.limits import Limit, OnRedisError
 from spoa_agent.reasons import Reason
+from spoa_agent.record import Record
 
 GCRA_SCRIPT = resources.files("spoa_agent.ratelimit").joinpath("gcra_batch.lua").read_text()
 # Every limiter key shares this hash tag: one script call may touch all the
@@ -41,10 +42,8 @@ def limit_key(scope: str, name: str) -> str:
     return f"spoa:rl:{HASH_TAG}:{scope}:{name}"
 
 
-class Verdict:
-    """What the limits say of one request. Built for every request: a plain
-    class, which compiled (setup.py) is built and read natively, several
-    times faster than a NamedTuple or a dataclass. Never changed once built."""
+class Verdict(Record):
+    """What the limits say of one request."""
 
     __slots__ = ("admitted", "limit", "reason", "remaining", "reset", "retry_after", "status")
 
@@ -60,10 +59,9 @@ class Verdict:
         self.reset = reset  # seconds until the tightest limit is full again
         self.retry_after = retry_after  # whole seconds, at least 1 when refused with 429
 
-    def __repr__(self) -> str:
-        return (f"Verdict(admitted={self.admitted}, status={self.status}, "
-                f"reason={self.reason}, limit={self.limit}, remaining={self.remaining}, "
-                f"reset={self.reset}, retry_after={self.retry_after})")
+    def _fields(self) -> tuple[object, ...]:
+        return (self.admitted, self.status, self.reason, self.limit, self.remaining, self.reset,
+                self.retry_after)
 
 
 UNLIMITED: Final = Verdict(True)
@@ -72,7 +70,7 @@ Answer = Callable[[Verdict], None]
 
 class _Call:
     """One queued request: its limits, who to answer, until when to bother.
-    (A plain class, as Verdict.)"""
+    (A plain slotted class, for the reason of Record, without its equality.)"""
 
     __slots__ = ("answer", "deadline", "limits", "now", "waiter")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Final, NamedTuple
 
+from spoa_agent.record import Record
 from spoa_agent.spop.constants import ActionType, DataType, FrameFlags, FrameType, Scope, Status
 from spoa_agent.spop.data import (
     FRAME_HEADER,
@@ -94,30 +95,7 @@ class Message:
             raise ValueError(f"a message carries at most {_MAX_ARGS} arguments")
 
 
-class _Record:
-    """A value object built for every request (a NOTIFY, its message, an
-    answer's bytes): a plain slotted class, which compiled (setup.py) is
-    built and read natively, several times faster than a NamedTuple or a
-    dataclass. Equal when of one class with equal fields; never changed
-    once built."""
-
-    __slots__ = ()
-
-    def _fields(self) -> tuple[object, ...]:
-        raise NotImplementedError
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and isinstance(other, _Record) \
-            and self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}{self._fields()!r}"
-
-
-class MessageValues(_Record):
+class MessageValues(Record):
     """A message decoded against the schema its handler declared: the values
     of its arguments in the schema's order, None for those not sent (as a
     NULL)."""
@@ -148,7 +126,7 @@ def compile_schemas(schemas: Mapping[str, Sequence[str]]) -> Schemas:
     return compiled
 
 
-class Notify(_Record):
+class Notify(Record):
     __slots__ = ("frame_id", "messages", "stream_id")
 
     def __init__(self, stream_id: int, frame_id: int,
@@ -182,7 +160,7 @@ class UnsetVar:
             raise ValueError("a variable needs a name")
 
 
-class Encoded(_Record):
+class Encoded(Record):
     """Actions already encoded, for answers that repeat (an agent's decision
     variables): an ACK copies their bytes instead of encoding them again."""
 
